@@ -1,0 +1,299 @@
+"""The Quart app an Infernet node calls: `POST /service_output` and its neighbours.
+
+Use `create_app(settings)` and serve it with hypercorn (see `cli`). The app's lifespan opens the one
+pooled `httpx.AsyncClient` of the process and closes it at shutdown. Every failure leaves as the Ritual
+JSON error body with the real cause; every success is JSON, except stream jobs, which get raw UTF-8
+text chunks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import os
+import platform
+import shutil
+import time
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from quart import Quart, Response, request
+from werkzeug.exceptions import HTTPException
+
+from . import __version__, onchain
+from .config import Settings
+from .errors import (
+    BadJobError,
+    InfernetTGIError,
+    UnauthorizedError,
+    UpstreamError,
+    UpstreamTimeoutError,
+)
+from .jobs import Job, parse_job
+from .metrics import Metrics
+from .protocol import OffchainResult, OnchainResult, Usage
+from .retry import Sleep
+from .upstream.base import StreamDelta, Upstream
+from .workflow import TGIClientInferenceWorkflow
+
+log = logging.getLogger("infernet_tgi")
+
+JSON = "application/json"
+HEALTH = {"message": "Lightweight TGI Client Inference Service"}
+
+
+@dataclass
+class _Runtime:
+    """What the lifespan opens: set while serving, None otherwise."""
+
+    client: httpx.AsyncClient | None = None
+    workflow: TGIClientInferenceWorkflow | None = None
+
+
+def create_app(
+    settings: Settings, *, sleep: Sleep | None = None, upstream: Upstream | None = None
+) -> Quart:
+    """A ready-to-serve app. `sleep` and `upstream` are for tests (retry waits, a fake backend)."""
+    app = Quart("infernet_tgi")
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    metrics = Metrics()
+    runtime = _Runtime()
+
+    @app.while_serving
+    async def lifespan() -> AsyncGenerator[None, None]:
+        client = httpx.AsyncClient(
+            timeout=httpx.Timeout(settings.timeout),
+            headers=settings.upstream_headers(),
+            cookies=dict(settings.cookies),
+            limits=httpx.Limits(
+                max_connections=settings.max_connections,
+                max_keepalive_connections=settings.max_connections,
+            ),
+        )
+        workflow = TGIClientInferenceWorkflow(
+            settings.server_url,
+            settings.timeout,
+            retry_params=settings.retry,
+            http_client=client,
+            upstream=upstream,
+            metrics=metrics,
+            sleep=sleep,
+            **settings.defaults.tgi_json(),
+        )
+        await workflow.setup()
+        runtime.client, runtime.workflow = client, workflow
+        try:
+            yield
+        finally:
+            runtime.client = runtime.workflow = None
+            await client.aclose()
+
+    def workflow() -> TGIClientInferenceWorkflow:
+        if runtime.workflow is None:
+            raise RuntimeError("the app is not serving")
+        return runtime.workflow
+
+    @app.before_request
+    async def check_bearer() -> None:
+        if settings.bearer is None or (request.method == "GET" and request.path == "/"):
+            return
+        given = request.headers.get("Authorization", "")
+        scheme, _, token = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            token.strip().encode(), settings.bearer.encode()
+        ):
+            raise UnauthorizedError("missing or wrong bearer token (Authorization: Bearer <token>)")
+
+    @app.get("/")
+    async def health() -> Response:
+        return _json(HEALTH)
+
+    @app.post("/service_output")
+    async def service_output() -> Response:
+        body: Any = None
+        metrics.in_flight.inc()
+        try:
+            body = _loads(await request.get_data(as_text=False))
+            job = parse_job(body, settings)
+            if job.streaming:
+                response = await _stream(job)
+            else:
+                response = _json(await _answer(job))
+        except InfernetTGIError as exc:
+            metrics.job_done(*_route(body), str(exc.status))
+            raise
+        finally:
+            metrics.in_flight.dec()
+        metrics.job_done(job.source, job.destination, "ok")
+        return response
+
+    async def _answer(job: Job) -> dict[str, Any]:
+        deadline = time.monotonic() + settings.job_deadline
+        try:
+            async with asyncio.timeout(settings.job_deadline):
+                generation = await workflow().generate(job.request, deadline=deadline)
+        except TimeoutError as exc:
+            raise UpstreamTimeoutError(
+                f"no answer within the container's {settings.job_deadline:g} s job deadline "
+                "(TGI_INF_JOB_DEADLINE; the node gives up at 180 s)"
+            ) from exc
+        if job.onchain_output:
+            return OnchainResult(
+                raw_input=job.raw_input, raw_output=onchain.encode_text(generation.text)
+            ).model_dump()
+        return OffchainResult(
+            output=generation.text,
+            finish_reason=generation.finish_reason,
+            usage=Usage(
+                prompt_tokens=generation.prompt_tokens,
+                completion_tokens=generation.completion_tokens,
+            ),
+        ).model_dump()
+
+    async def _stream(job: Job) -> Response:
+        deadline = time.monotonic() + settings.stream_deadline
+        try:
+            async with asyncio.timeout(settings.stream_deadline):
+                deltas = await workflow().open_stream(job.request, deadline=deadline)
+        except TimeoutError as exc:
+            raise UpstreamTimeoutError(
+                f"stream did not start within {settings.stream_deadline:g} s "
+                "(TGI_INF_STREAM_DEADLINE)"
+            ) from exc
+        response = Response(_chunks(deltas, deadline), content_type="text/plain; charset=utf-8")
+        response.timeout = None  # the stream deadline above is the limit, not Quart's 60 s
+        return response
+
+    @app.get("/service-resources")
+    async def service_resources() -> Response:
+        model_id, engine_version = await _model_info(workflow().upstream)
+        wanted = request.args.get("model_id")
+        if wanted is not None:
+            return _json({"supported": model_id is not None and wanted == model_id})
+        return _json(_resources(model_id, engine_version))
+
+    @app.get("/metrics")
+    async def metrics_route() -> Response:
+        return Response(metrics.render(), content_type=metrics.content_type)
+
+    @app.errorhandler(InfernetTGIError)
+    async def our_error(exc: InfernetTGIError) -> Response:
+        if exc.status >= 500:
+            log.warning("job failed: %s", exc.description)
+        return _json(exc.body(), exc.status)
+
+    @app.errorhandler(HTTPException)
+    async def http_error(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        description = exc.description or exc.name
+        if status == 413:
+            description = (
+                f"request body is over {settings.max_body_bytes} bytes (TGI_INF_MAX_BODY_BYTES)"
+            )
+        return _json({"code": str(status), "name": exc.name, "description": description}, status)
+
+    @app.errorhandler(Exception)
+    async def unexpected(exc: Exception) -> Response:
+        log.exception("unexpected error")
+        body = {
+            "code": "500",
+            "name": "Internal Server Error",
+            "description": f"internal error ({type(exc).__name__}); see the container log",
+        }
+        return _json(body, 500)
+
+    return app
+
+
+async def _chunks(deltas: AsyncIterator[StreamDelta], deadline: float) -> AsyncIterator[bytes]:
+    """Raw UTF-8 text as it arrives. After the first byte there is no error channel: a failure
+    ends the stream (and is logged), as does the stream deadline that keeps us under the node's 60 s
+    cut."""
+    try:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                log.warning("stream stopped at the stream deadline")
+                return
+            try:
+                delta = await asyncio.wait_for(anext(deltas), remaining)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                log.warning("stream stopped at the stream deadline")
+                return
+            except UpstreamError as exc:
+                log.warning("stream ended early: %s", exc.description)
+                return
+            if delta.text:
+                yield delta.text.encode()
+    finally:
+        close = getattr(deltas, "aclose", None)
+        if close is not None:
+            await close()
+
+
+async def _model_info(upstream: Upstream) -> tuple[str | None, str | None]:
+    try:
+        async with asyncio.timeout(2.0):
+            info = await upstream.info()
+    except (InfernetTGIError, TimeoutError):
+        return None, None
+    model_id = info.get("model_id")
+    version = info.get("version")
+    return (
+        model_id if isinstance(model_id, str) else None,
+        version if isinstance(version, str) else None,
+    )
+
+
+def _resources(model_id: str | None, engine_version: str | None) -> dict[str, Any]:
+    disk = shutil.disk_usage("/")
+    return {
+        "version": __version__,
+        "service_id": "tgi-client-inference-service",
+        "hardware_capabilities": [
+            {
+                "capability_id": "base",
+                "os_info": {"name": platform.system(), "version": platform.release()},
+                "cpu_info": {"model": platform.machine(), "cores": os.cpu_count()},
+                "disk_info": [{"path": "/", "total": disk.total, "available": disk.free}],
+            }
+        ],
+        "compute_capability": [
+            {
+                "id": "ml",
+                "type": "tgi_client",
+                "task": ["text_generation"],
+                "models": [model_id] if model_id else [],
+                "cached_models": [],
+                "inference_engine": "tgi" if engine_version else None,
+                "inference_engine_version": engine_version,
+            }
+        ],
+    }
+
+
+def _loads(raw: str | bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        raise BadJobError(f"request body is not valid JSON: {exc}") from exc
+
+
+def _route(body: Any) -> tuple[int | None, int | None]:
+    if isinstance(body, dict):
+        source, destination = body.get("source"), body.get("destination")
+        return (
+            source if isinstance(source, int) else None,
+            destination if isinstance(destination, int) else None,
+        )
+    return None, None
+
+
+def _json(value: Any, status: int = 200) -> Response:
+    return Response(json.dumps(value, ensure_ascii=False), status=status, content_type=JSON)

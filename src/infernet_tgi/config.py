@@ -1,0 +1,200 @@
+"""Settings: the environment, read once at startup into one frozen object.
+
+Use `Settings.from_env(os.environ)` in the launcher and pass the result down; nothing else reads the
+environment. The three documented variables keep the meaning Ritual's service gives them:
+
+* `TGI_INF_WORKFLOW_POSITIONAL_ARGS`: JSON list `[server_url, timeout, headers, cookies]` (1-4 items).
+* `TGI_INF_WORKFLOW_KW_ARGS`: JSON object; `retry_params` plus constructor keywords (`timeout`,
+  `headers`, `cookies`) and default generation parameters in TGI names.
+* `TGI_INF_TOKEN`: sent upstream as `Authorization: Bearer <token>`; always a string.
+
+Unlike the reference, a malformed value stops startup with a `ConfigError` naming the variable.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic import ValidationError
+
+from .errors import ConfigError
+from .protocol import GenerationParameters
+from .retry import RetryParams
+
+POSITIONAL = "TGI_INF_WORKFLOW_POSITIONAL_ARGS"
+KEYWORDS = "TGI_INF_WORKFLOW_KW_ARGS"
+_CONSTRUCTOR_KEYS = ("server_url", "timeout", "headers", "cookies")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the container needs to know, validated. Defaults are the documented ones."""
+
+    server_url: str = "http://127.0.0.1:8080"
+    timeout: float = 30.0
+    headers: Mapping[str, str] = field(default_factory=dict)
+    cookies: Mapping[str, str] = field(default_factory=dict)
+    retry: RetryParams = field(default_factory=RetryParams)
+    defaults: GenerationParameters = field(default_factory=GenerationParameters)
+    token: str | None = None
+    bearer: str | None = None
+    max_new_tokens_limit: int = 2048
+    default_max_new_tokens: int = 20
+    max_prompt_chars: int = 65536
+    max_body_bytes: int = 1 << 20
+    job_deadline: float = 170.0
+    stream_deadline: float = 55.0
+    max_connections: int = 1024
+    host: str = "127.0.0.1"
+    port: int = 3000
+    log_level: str = "INFO"
+
+    def upstream_headers(self) -> dict[str, str]:
+        """Headers for every upstream call; the token wins over a configured Authorization."""
+        headers = dict(self.headers)
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        return headers
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        """Parse and validate; raise `ConfigError` naming the variable and the problem."""
+        constructor = _constructor_args(env)
+        keywords = _json(env, KEYWORDS, dict) or {}
+        retry = _retry(keywords.pop("retry_params", None))
+        for key in _CONSTRUCTOR_KEYS:
+            if key in keywords:
+                if key in constructor:
+                    raise ConfigError(f"{KEYWORDS}: `{key}` is already given in {POSITIONAL}")
+                constructor[key] = keywords.pop(key)
+        try:
+            defaults = GenerationParameters.model_validate(keywords)
+        except ValidationError as exc:
+            raise ConfigError(f"{KEYWORDS}: {_first_error(exc)}") from exc
+        problem = defaults.tgi_rule_violation(streaming=False)
+        if problem:
+            raise ConfigError(f"{KEYWORDS}: {problem}")
+
+        values: dict[str, Any] = {
+            "server_url": _url(constructor.get("server_url", cls.server_url)),
+            "timeout": _positive(constructor.get("timeout", cls.timeout), f"{POSITIONAL} timeout"),
+            "headers": _str_map(constructor.get("headers") or {}, "headers"),
+            "cookies": _str_map(constructor.get("cookies") or {}, "cookies"),
+            "retry": retry,
+            "defaults": defaults,
+            "token": env.get("TGI_INF_TOKEN") or None,
+            "bearer": env.get("TGI_INF_BEARER") or None,
+            "host": env.get("TGI_INF_HOST", cls.host),
+            "log_level": env.get("TGI_INF_LOG_LEVEL", cls.log_level).upper(),
+        }
+        for name, attr in (
+            ("TGI_INF_MAX_NEW_TOKENS", "max_new_tokens_limit"),
+            ("TGI_INF_DEFAULT_MAX_NEW_TOKENS", "default_max_new_tokens"),
+            ("TGI_INF_MAX_PROMPT_CHARS", "max_prompt_chars"),
+            ("TGI_INF_MAX_BODY_BYTES", "max_body_bytes"),
+            ("TGI_INF_MAX_CONNECTIONS", "max_connections"),
+            ("TGI_INF_PORT", "port"),
+        ):
+            if name in env:
+                values[attr] = _int(env[name], name)
+        for name, attr in (
+            ("TGI_INF_JOB_DEADLINE", "job_deadline"),
+            ("TGI_INF_STREAM_DEADLINE", "stream_deadline"),
+        ):
+            if name in env:
+                values[attr] = _positive(_number(env[name], name), name)
+        settings = cls(**values)
+        ceiling = settings.max_new_tokens_limit
+        if defaults.max_new_tokens is not None and defaults.max_new_tokens > ceiling:
+            raise ConfigError(
+                f"{KEYWORDS}: max_new_tokens {defaults.max_new_tokens} is above "
+                f"TGI_INF_MAX_NEW_TOKENS ({ceiling})"
+            )
+        return settings
+
+
+def _constructor_args(env: Mapping[str, str]) -> dict[str, Any]:
+    items = _json(env, POSITIONAL, list)
+    if items is None:
+        return {}
+    if not 1 <= len(items) <= 4:
+        raise ConfigError(
+            f"{POSITIONAL}: expected [server_url, timeout, headers, cookies] (1 to 4 items), "
+            f"got {len(items)}"
+        )
+    return dict(zip(_CONSTRUCTOR_KEYS, items, strict=False))
+
+
+def _json(env: Mapping[str, str], name: str, kind: type) -> Any:
+    raw = env.get(name)
+    if raw is None or not raw.strip():
+        return None
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{name}: not valid JSON ({exc.msg} at position {exc.pos})") from exc
+    if not isinstance(value, kind):
+        expected = "a JSON list" if kind is list else "a JSON object"
+        raise ConfigError(f"{name}: expected {expected}, got {type(value).__name__}")
+    return value
+
+
+def _retry(value: Any) -> RetryParams:
+    if value is None:
+        return RetryParams()
+    if not isinstance(value, dict):
+        raise ConfigError(f"{KEYWORDS}: retry_params must be an object")
+    try:
+        return RetryParams.model_validate(value)
+    except ValidationError as exc:
+        raise ConfigError(f"{KEYWORDS}: retry_params {_first_error(exc)}") from exc
+
+
+def _url(value: Any) -> str:
+    parts = urlsplit(value) if isinstance(value, str) else None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{POSITIONAL}: server_url must be an http(s) URL, got {value!r}")
+    return str(value).rstrip("/")
+
+
+def _str_map(value: Any, what: str) -> dict[str, str]:
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise ConfigError(f"{POSITIONAL}/{KEYWORDS}: {what} must be an object of strings")
+    return dict(value)
+
+
+def _number(raw: str, name: str) -> float:
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name}: expected a number, got {raw!r}") from exc
+
+
+def _int(raw: str, name: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name}: expected an integer, got {raw!r}") from exc
+    if value <= 0:
+        raise ConfigError(f"{name}: must be positive, got {value}")
+    return value
+
+
+def _positive(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ConfigError(f"{name}: must be a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or "value"
+    if err["type"] == "extra_forbidden":
+        return f"unknown parameter `{where}`"
+    return f"`{where}`: {err['msg']}"

@@ -1,0 +1,144 @@
+"""Jobs: an Infernet node's request body turned into one validated generation.
+
+Use `parse_job` on the JSON body of `POST /service_output`. Input is read by `source` (hex for on-chain,
+an object off-chain, including a delegated subscription's data and a previous container's output), the
+result shape is chosen by `destination`. Pydantic errors are translated here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from . import onchain
+from .config import Settings
+from .errors import (
+    BadJobError,
+    ParameterError,
+    PayloadTooLargeError,
+    ProofNotSupportedError,
+)
+from .protocol import (
+    ONCHAIN,
+    STREAM,
+    TGI_PREFIX,
+    GenerationParameters,
+    InfernetInput,
+    OffchainData,
+)
+from .upstream.base import GenerationRequest
+
+
+@dataclass(frozen=True)
+class Job:
+    """A validated job: where it came from, where its answer goes, and what to generate."""
+
+    source: int
+    destination: int
+    request: GenerationRequest
+    raw_input: str  # the on-chain hex as received, abi.encode(prompt) if delegated, else ""
+
+    @property
+    def streaming(self) -> bool:
+        return self.destination == STREAM
+
+    @property
+    def onchain_output(self) -> bool:
+        return self.destination == ONCHAIN
+
+
+def parse_job(body: Any, settings: Settings) -> Job:
+    """Validate a node body into a `Job`, or raise the precise `JobError`."""
+    if not isinstance(body, dict):
+        raise BadJobError(f"job body must be a JSON object, got {_kind(body)}")
+    try:
+        job = InfernetInput.model_validate(body)
+    except ValidationError as exc:
+        raise BadJobError(f"not an Infernet job: {_describe(exc)}") from exc
+    if job.requires_proof:
+        raise ProofNotSupportedError(
+            "proofs are not supported: this container does not generate proofs "
+            "(set requires_proof to false, or use a container with generates_proofs)"
+        )
+    if job.source == ONCHAIN:
+        if not isinstance(job.data, str):
+            raise BadJobError("on-chain job data must be a hex string, got an object")
+        prompt, raw_parameters = onchain.decode_input(job.data)
+        raw_input = job.data
+    else:
+        if not isinstance(job.data, dict):
+            raise BadJobError(
+                'off-chain job data must be an object such as {"text": "..."}, got a string'
+            )
+        prompt, raw_parameters = _offchain(job.data)
+        # A delegated subscription (off-chain data, on-chain answer) gets its prompt ABI-encoded as
+        # raw_input, so the consumer can tell which question an answer belongs to.
+        raw_input = onchain.encode_text(prompt) if job.destination == ONCHAIN else ""
+    if len(prompt) > settings.max_prompt_chars:
+        raise PayloadTooLargeError(
+            f"prompt is {len(prompt)} characters; this container accepts at most "
+            f"{settings.max_prompt_chars} (TGI_INF_MAX_PROMPT_CHARS)"
+        )
+    parameters = merge_parameters(settings, raw_parameters, streaming=job.destination == STREAM)
+    return Job(
+        source=job.source,
+        destination=job.destination,
+        request=GenerationRequest(prompt=prompt, parameters=parameters),
+        raw_input=raw_input,
+    )
+
+
+def merge_parameters(
+    settings: Settings, overrides: dict[str, Any] | None, *, streaming: bool
+) -> dict[str, Any]:
+    """The job's parameters over the operator's defaults, checked with TGI's rules and our ceiling."""
+    try:
+        given = GenerationParameters.model_validate(overrides or {})
+    except ValidationError as exc:
+        raise ParameterError(TGI_PREFIX + _describe(exc)) from exc
+    merged = {**settings.defaults.tgi_json(), **given.tgi_json()}
+    merged.setdefault("max_new_tokens", settings.default_max_new_tokens)
+    parameters = GenerationParameters.model_validate(merged)
+    problem = parameters.tgi_rule_violation(streaming=streaming)
+    if problem:
+        raise ParameterError(TGI_PREFIX + problem)
+    ceiling = settings.max_new_tokens_limit
+    if parameters.max_new_tokens is not None and parameters.max_new_tokens > ceiling:
+        raise ParameterError(
+            f"{TGI_PREFIX}`max_new_tokens` must be <= {ceiling} on this container "
+            f"(TGI_INF_MAX_NEW_TOKENS). Given: {parameters.max_new_tokens}"
+        )
+    return parameters.tgi_json()
+
+
+def _offchain(data: dict[str, Any]) -> tuple[str, dict[str, Any] | None]:
+    try:
+        parsed = OffchainData.model_validate(data)
+    except ValidationError as exc:
+        raise BadJobError(f"off-chain data: {_describe(exc)}") from exc
+    prompt = parsed.the_prompt()
+    if prompt is None:
+        raise BadJobError(
+            'off-chain data needs the prompt under "text" (or "prompt"); got keys '
+            f"{sorted(data) or 'none'}"
+        )
+    return prompt, parsed.parameters
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:3]:
+        where = ".".join(str(p) for p in err["loc"]) or "body"
+        if err["type"] == "extra_forbidden":
+            parts.append(f"unknown parameter `{where}`")
+        elif err["type"] == "missing":
+            parts.append(f"`{where}` is required")
+        else:
+            parts.append(f"`{where}`: {err['msg']}")
+    return "; ".join(parts)
+
+
+def _kind(value: Any) -> str:
+    return "null" if value is None else type(value).__name__

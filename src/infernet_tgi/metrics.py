@@ -1,0 +1,54 @@
+"""Prometheus metrics of one container process.
+
+Use one `Metrics` per app (created in the app factory, never a module global) and render it on
+`GET /metrics`.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+_SOURCES = {0: "onchain", 1: "offchain"}
+_DESTINATIONS = {0: "onchain", 1: "offchain", 2: "stream"}
+
+
+class Metrics:
+    """Jobs by source/destination/outcome, upstream latency, retries and jobs in flight."""
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.jobs = Counter(
+            "infernet_tgi_jobs",
+            "Jobs answered, by source, destination and outcome (ok or the HTTP status).",
+            ["source", "destination", "outcome"],
+            registry=self.registry,
+        )
+        self.upstream_latency = Histogram(
+            "infernet_tgi_upstream_latency_seconds",
+            "Latency of one upstream attempt (to the last byte; to the first event for streams).",
+            ["kind", "outcome"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+            registry=self.registry,
+        )
+        self.retries = Counter(
+            "infernet_tgi_upstream_retries",
+            "Upstream attempts retried, by the error that caused the retry.",
+            ["error"],
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "infernet_tgi_jobs_in_flight", "Jobs being processed now.", registry=self.registry
+        )
+
+    def job_done(self, source: int | None, destination: int | None, outcome: str) -> None:
+        self.jobs.labels(
+            _SOURCES.get(source, "unknown") if source is not None else "unknown",
+            _DESTINATIONS.get(destination, "unknown") if destination is not None else "unknown",
+            outcome,
+        ).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

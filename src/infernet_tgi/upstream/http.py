@@ -1,0 +1,153 @@
+"""The one place where HTTP failures become `UpstreamError`s.
+
+Use `transport_error` for an httpx exception, `status_error` for a non-2xx answer and `event_error` for
+an error event inside a 200 stream. The mapping follows the TGI client's rules (error_type first, then
+status), extended to the transport failures the reference leaves unhandled.
+"""
+
+from __future__ import annotations
+
+import json
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+
+from ..errors import (
+    UpstreamError,
+    UpstreamGenerationError,
+    UpstreamOverloadedError,
+    UpstreamProtocolError,
+    UpstreamShardError,
+    UpstreamTimeoutError,
+    UpstreamUnavailableError,
+    UpstreamValidationError,
+)
+
+_BY_TYPE: dict[str, type[UpstreamError]] = {
+    "validation": UpstreamValidationError,
+    "template_error": UpstreamValidationError,
+    "missing_template_variable": UpstreamValidationError,
+    "tool_error": UpstreamValidationError,
+    "generation": UpstreamGenerationError,
+    "overloaded": UpstreamOverloadedError,
+    "incomplete_generation": UpstreamProtocolError,
+    "incomplete_generation_stream": UpstreamProtocolError,
+    "healthcheck": UpstreamUnavailableError,
+}
+
+_BY_STATUS: dict[int, type[UpstreamError]] = {
+    400: UpstreamValidationError,
+    408: UpstreamTimeoutError,
+    413: UpstreamValidationError,
+    422: UpstreamValidationError,
+    424: UpstreamShardError,  # TGI's client: a 424 without error_type "generation" = shard not ready
+    429: UpstreamOverloadedError,
+    502: UpstreamUnavailableError,
+    503: UpstreamUnavailableError,
+    504: UpstreamShardError,
+}
+
+_DESCRIBE: dict[type[UpstreamError], str] = {
+    UpstreamValidationError: "upstream rejected the request",
+    UpstreamGenerationError: "upstream failed during generation",
+    UpstreamOverloadedError: "upstream overloaded",
+    UpstreamUnavailableError: "upstream unavailable",
+    UpstreamShardError: "upstream shard not ready",
+    UpstreamTimeoutError: "upstream timed out",
+    UpstreamProtocolError: "upstream error",
+}
+
+
+def redact(url: str) -> str:
+    """The URL without user:password, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def transport_error(exc: httpx.HTTPError, url: str) -> UpstreamError:
+    """An httpx failure (no HTTP answer, or a broken one) as an error of our tree."""
+    where = redact(url)
+    detail = str(exc) or type(exc).__name__
+    if isinstance(exc, httpx.ConnectTimeout):
+        return UpstreamUnavailableError(f"upstream unreachable at {where}: connect timed out")
+    if isinstance(exc, httpx.TimeoutException):
+        return UpstreamTimeoutError(f"upstream timed out at {where}: {type(exc).__name__}")
+    if isinstance(exc, httpx.ConnectError):
+        return UpstreamUnavailableError(f"upstream unreachable at {where}: {detail}")
+    if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError | httpx.WriteError):
+        return UpstreamUnavailableError(f"upstream closed the connection at {where}: {detail}")
+    if isinstance(exc, httpx.TransportError):
+        return UpstreamUnavailableError(f"upstream transport failed at {where}: {detail}")
+    return UpstreamProtocolError(f"upstream call failed at {where}: {detail}")
+
+
+def status_error(status: int, body: bytes, url: str) -> UpstreamError:
+    """A non-2xx answer as an error of our tree, keeping the upstream's own message."""
+    payload = _json(body)
+    message, error_type = _message(payload) if payload is not None else (None, None)
+    if message is None:
+        text = body.decode("utf-8", "replace").strip()
+        message = text[:500] if text else _phrase(status)
+    cls = _BY_TYPE.get(error_type or "") or _BY_STATUS.get(status) or UpstreamProtocolError
+    if cls is UpstreamShardError and error_type == "generation":
+        cls = UpstreamGenerationError
+    return cls(f"{_DESCRIBE[cls]} ({status} at {redact(url)}): {message}")
+
+
+def event_error(payload: dict[str, Any], url: str) -> UpstreamError:
+    """An error event inside a 200 stream (TGI `{"error","error_type"}`, OpenAI `{"error":{...}}`)."""
+    message, error_type = _message(payload)
+    status = _status_in(payload)
+    cls = _BY_TYPE.get(error_type or "") or _BY_STATUS.get(status or 0) or UpstreamProtocolError
+    return cls(f"{_DESCRIBE[cls]} (in stream at {redact(url)}): {message or 'unknown error'}")
+
+
+def _json(body: bytes) -> Any:
+    try:
+        return json.loads(body) if body else None
+    except ValueError:
+        return None
+
+
+def _message(payload: Any) -> tuple[str | None, str | None]:
+    if not isinstance(payload, dict):
+        return None, None
+    error = payload.get("error")
+    if isinstance(error, str):
+        error_type = payload.get("error_type")
+        return error, error_type if isinstance(error_type, str) else None
+    if isinstance(error, dict):
+        message = error.get("message")
+        error_type = error.get("type")
+        return (
+            str(message) if message is not None else json.dumps(error),
+            error_type if isinstance(error_type, str) else None,
+        )
+    for key in ("message", "detail"):
+        if key in payload:
+            value = payload[key]
+            return (value if isinstance(value, str) else json.dumps(value)), None
+    return None, None
+
+
+def _status_in(payload: dict[str, Any]) -> int | None:
+    error = payload.get("error")
+    if isinstance(error, dict):
+        for key in ("http_status_code", "code"):
+            value = error.get(key)
+            if isinstance(value, int):
+                return value
+    return None
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return f"HTTP {status}"

@@ -1,0 +1,128 @@
+"""TGI's native protocol: `POST /generate` and `POST /generate_stream`.
+
+Use `TGIUpstream` for Hugging Face TGI, localtgi, and anything that speaks TGI's generate routes
+(DataCrunch and Vast wrap it). It always asks for `details` so finish reasons and token counts are
+known, drops special tokens from streams (the reference leaks `</s>`), and checks every stream event
+for an in-band error.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+from ..errors import UpstreamProtocolError
+from .base import Generation, GenerationRequest, StreamDelta
+from .http import event_error, redact, status_error, transport_error
+from .sse import events
+
+
+class TGIUpstream:
+    """A TGI server at `url`, called through a shared pooled `httpx.AsyncClient`."""
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        url: str,
+        *,
+        generate_path: str = "/generate",
+        stream_path: str = "/generate_stream",
+        extra_body: dict[str, Any] | None = None,
+    ) -> None:
+        self._client = client
+        self._url = url.rstrip("/")
+        self._generate_url = self._url + generate_path
+        self._stream_url = self._url + stream_path
+        self._extra = dict(extra_body or {})
+
+    @property
+    def url(self) -> str:
+        return self._url
+
+    def _body(self, request: GenerationRequest) -> dict[str, Any]:
+        parameters = {**request.parameters, "details": True}
+        return {**self._extra, "inputs": request.prompt, "parameters": parameters}
+
+    async def generate(self, request: GenerationRequest) -> Generation:
+        try:
+            response = await self._client.post(self._generate_url, json=self._body(request))
+        except httpx.HTTPError as exc:
+            raise transport_error(exc, self._generate_url) from exc
+        if response.status_code != 200:
+            raise status_error(response.status_code, response.content, self._generate_url)
+        payload = _decode(response.content, self._generate_url)
+        if isinstance(payload, list) and payload:  # `POST /` and some gateways answer a list
+            payload = payload[0]
+        if not isinstance(payload, dict) or not isinstance(payload.get("generated_text"), str):
+            raise UpstreamProtocolError(
+                f"upstream answer has no generated_text ({redact(self._generate_url)})"
+            )
+        details = payload.get("details") or {}
+        return Generation(
+            text=payload["generated_text"],
+            finish_reason=details.get("finish_reason"),
+            prompt_tokens=_int_header(response.headers.get("x-prompt-tokens")),
+            completion_tokens=details.get("generated_tokens"),
+        )
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamDelta]:
+        url = self._stream_url
+        try:
+            async with self._client.stream("POST", url, json=self._body(request)) as response:
+                if response.status_code != 200:
+                    raise status_error(response.status_code, await response.aread(), url)
+                async for data in events(response.aiter_lines()):
+                    payload = _decode(data.encode(), url)
+                    if not isinstance(payload, dict):
+                        raise UpstreamProtocolError(
+                            f"upstream stream event is not an object ({url})"
+                        )
+                    if "error" in payload:
+                        raise event_error(payload, url)
+                    token = payload.get("token") or {}
+                    text = "" if token.get("special") else str(token.get("text", ""))
+                    details = payload.get("details")
+                    if payload.get("generated_text") is not None or details:
+                        details = details or {}
+                        yield StreamDelta(
+                            text=text,
+                            finish_reason=details.get("finish_reason"),
+                            prompt_tokens=details.get("input_length"),
+                            completion_tokens=details.get("generated_tokens"),
+                        )
+                        return
+                    if text:
+                        yield StreamDelta(text=text)
+        except httpx.HTTPError as exc:
+            raise transport_error(exc, url) from exc
+        raise UpstreamProtocolError(f"upstream stream ended before its final event ({redact(url)})")
+
+    async def info(self) -> dict[str, Any]:
+        url = self._url + "/info"
+        try:
+            response = await self._client.get(url)
+        except httpx.HTTPError as exc:
+            raise transport_error(exc, url) from exc
+        if response.status_code != 200:
+            raise status_error(response.status_code, response.content, url)
+        payload = _decode(response.content, url)
+        if not isinstance(payload, dict):
+            raise UpstreamProtocolError(f"upstream /info is not an object ({redact(url)})")
+        return payload
+
+
+def _decode(content: bytes, url: str) -> Any:
+    try:
+        return json.loads(content)
+    except ValueError as exc:
+        raise UpstreamProtocolError(f"upstream answered non-JSON at {redact(url)}") from exc
+
+
+def _int_header(value: str | None) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
