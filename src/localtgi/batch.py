@@ -1,0 +1,142 @@
+"""The running batch's key/value cache: left-padded rows that join and leave between steps.
+
+Use `DecodeBatch` from the engine's worker thread only. Each sequence is prefilled alone (`prefill`),
+which gives it its own cache; `add` left-pads the running cache and the newcomers to a common length
+and stacks them; `keep` drops finished rows and trims columns that became padding everywhere; `step`
+runs one batched forward for the last token of every row, with an attention mask that hides the
+padding and explicit position ids, so a row's logits do not depend on its neighbours.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from transformers import DynamicCache
+
+KV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values [batch, heads, time, dim]
+
+
+def prefill(model: Any, input_ids: Sequence[int]) -> tuple[torch.Tensor, KV]:
+    """Run the prompt alone; returns the last position's logits [vocab] and its cache."""
+    ids = torch.tensor([list(input_ids)], dtype=torch.long)
+    cache = DynamicCache()
+    out = model(
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        position_ids=torch.arange(ids.shape[1]).unsqueeze(0),
+        past_key_values=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    return out.logits[0, -1], _layers(cache)
+
+
+def prompt_logprobs(model: Any, input_ids: Sequence[int]) -> list[float | None]:
+    """Log-probability of every prompt token given the ones before it (None for the first)."""
+    ids = torch.tensor([list(input_ids)], dtype=torch.long)
+    logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False).logits[0]
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    picked = logprobs[:-1].gather(1, ids[0, 1:].unsqueeze(1)).squeeze(1).tolist()
+    return [None, *picked]
+
+
+def _layers(cache: Any) -> KV:
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+def _cache_from(kv: KV) -> DynamicCache:
+    cache = DynamicCache()
+    for idx, (keys, values) in enumerate(kv):
+        cache.update(keys, values, idx)
+    return cache
+
+
+def _left_pad(t: torch.Tensor, length: int) -> torch.Tensor:
+    missing = length - t.shape[-2]
+    if missing == 0:
+        return t
+    pad = t.new_zeros((*t.shape[:-2], missing, t.shape[-1]))
+    return torch.cat([pad, t], dim=-2)
+
+
+class DecodeBatch:
+    """Cache, padding mask and positions of the rows currently decoding."""
+
+    def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
+        """Drop every row."""
+        self._cache: DynamicCache | None = None
+        self._mask = torch.zeros((0, 0), dtype=torch.long)  # 1 = real token, 0 = left padding
+        self._positions = torch.zeros(0, dtype=torch.long)  # next position id of each row
+
+    @property
+    def size(self) -> int:
+        return int(self._mask.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self._mask.shape[1])
+
+    def add(self, kvs: Sequence[KV]) -> None:
+        """Append rows (each a batch-1 cache from `prefill`) at the end of the batch."""
+        if not kvs:
+            return
+        current = _layers(self._cache) if self._cache is not None and self.size else None
+        lengths = [kv[0][0].shape[-2] for kv in kvs]
+        width = max([self.width if current else 0, *lengths])
+        merged: KV = []
+        for layer in range(len(kvs[0])):
+            keys = [_left_pad(kv[layer][0], width) for kv in kvs]
+            values = [_left_pad(kv[layer][1], width) for kv in kvs]
+            if current:
+                keys.insert(0, _left_pad(current[layer][0], width))
+                values.insert(0, _left_pad(current[layer][1], width))
+            merged.append((torch.cat(keys, dim=0), torch.cat(values, dim=0)))
+        new_mask = torch.zeros((len(kvs), width), dtype=torch.long)
+        for row, length in enumerate(lengths):
+            new_mask[row, width - length :] = 1
+        old_mask = (
+            torch.cat([self._mask.new_zeros((self.size, width - self.width)), self._mask], dim=1)
+            if current
+            else self._mask.new_zeros((0, width))
+        )
+        self._mask = torch.cat([old_mask, new_mask], dim=0)
+        self._positions = torch.cat([self._positions, torch.tensor(lengths, dtype=torch.long)])
+        self._cache = _cache_from(merged)
+
+    def keep(self, rows: Sequence[int]) -> None:
+        """Keep only `rows` (in this order); drop columns that are padding in every kept row."""
+        if len(rows) == self.size:
+            return
+        if not rows or self._cache is None:
+            self.clear()
+            return
+        index = torch.tensor(list(rows), dtype=torch.long)
+        mask = self._mask.index_select(0, index)
+        used = mask.any(dim=0).nonzero()
+        start = int(used[0]) if used.numel() else mask.shape[1]
+        kv = [
+            (k.index_select(0, index)[:, :, start:], v.index_select(0, index)[:, :, start:])
+            for k, v in _layers(self._cache)
+        ]
+        self._mask = mask[:, start:].contiguous()
+        self._positions = self._positions.index_select(0, index)
+        self._cache = _cache_from([(k.contiguous(), v.contiguous()) for k, v in kv])
+
+    def step(self, model: Any, last_tokens: Sequence[int]) -> torch.Tensor:
+        """One decode step for every row; returns logits [rows, vocab]."""
+        ids = torch.tensor(list(last_tokens), dtype=torch.long).unsqueeze(1)
+        self._mask = torch.cat([self._mask, self._mask.new_ones((self.size, 1))], dim=1)
+        out = model(
+            input_ids=ids,
+            attention_mask=self._mask,
+            position_ids=self._positions.unsqueeze(1),
+            past_key_values=self._cache,
+            use_cache=True,
+        )
+        self._positions = self._positions + 1
+        return out.logits[:, -1]

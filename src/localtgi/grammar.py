@@ -1,0 +1,93 @@
+"""Constrained decoding with llguidance: a `GrammarSpec` becomes a per-request token mask.
+
+Use one `GrammarCompiler` per engine (building its llguidance tokenizer takes up to a second for a
+50k vocabulary, so do it once, off the event loop). `compile` then turns a spec into a fresh
+`GrammarMatcher` in milliseconds; the engine asks the matcher for the allowed tokens before each
+step and feeds it the chosen token after. When the grammar is complete, only eos tokens are allowed,
+so a constrained generation ends with `eos_token` (or `length` if `max_new_tokens` runs out first).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import torch
+
+from localtgi.engine_types import GrammarSpec
+from localtgi.errors import GrammarError
+
+
+class GrammarMatcher:
+    """The grammar state of one generation."""
+
+    def __init__(self, matcher: Any, vocab_size: int) -> None:
+        self._matcher = matcher
+        self._vocab_size = vocab_size
+
+    def allowed(self) -> torch.Tensor:
+        """Bool mask over the model's vocabulary of the tokens the grammar allows next."""
+        packed = np.frombuffer(self._matcher.compute_bitmask(), dtype=np.uint8)
+        bits = np.unpackbits(packed, bitorder="little")
+        mask = np.zeros(self._vocab_size, dtype=bool)
+        n = min(self._vocab_size, bits.size)
+        mask[:n] = bits[:n].astype(bool)
+        return torch.from_numpy(mask)
+
+    def consume(self, token_id: int) -> None:
+        """Advance over the chosen token; a token outside the mask is a bug, reported loudly."""
+        if not self._matcher.consume_token(token_id):
+            raise GrammarError(f"grammar rejected token {token_id}: {self._matcher.get_error()}")
+
+    @property
+    def is_stopped(self) -> bool:
+        return bool(self._matcher.is_stopped())
+
+    @property
+    def is_accepting(self) -> bool:
+        return bool(self._matcher.is_accepting())
+
+
+class GrammarCompiler:
+    """Compiles TGI grammars for one tokenizer."""
+
+    def __init__(self, tokenizer: Any, vocab_size: int, eos_token_ids: Iterable[int]) -> None:
+        import llguidance
+        import llguidance.hf
+
+        self._ll = llguidance
+        self._vocab_size = vocab_size
+        eos = sorted(eos_token_ids)
+        self._lltok = llguidance.hf.from_tokenizer(tokenizer, n_vocab=vocab_size, eos_token=eos)
+
+    def compile(self, spec: GrammarSpec) -> GrammarMatcher:
+        """Build a matcher for `spec`; raises GrammarError when it is not a usable grammar."""
+        ll = self._ll
+        try:
+            if spec.kind == "json":
+                schema = spec.value
+                if isinstance(schema, str):
+                    schema = json.loads(schema)
+                if not isinstance(schema, dict):
+                    raise GrammarError("a json grammar needs a JSON schema object")
+                if not schema:
+                    schema = {"type": "object"}  # TGI: `{}` means any JSON object
+                grammar = ll.LLMatcher.grammar_from_json_schema(
+                    schema, defaults={"whitespace_flexible": False, "lenient": True}
+                )
+            elif spec.kind == "regex":
+                if not isinstance(spec.value, str):
+                    raise GrammarError("a regex grammar needs a string")
+                grammar = ll.LLMatcher.grammar_from_regex(spec.value)
+            else:
+                raise GrammarError(f"unknown grammar type {spec.kind!r}")
+        except GrammarError:
+            raise
+        except (ValueError, TypeError) as exc:
+            raise GrammarError(f"invalid grammar: {exc}") from exc
+        matcher = ll.LLMatcher(self._lltok, grammar, log_level=0)
+        if matcher.is_error():
+            raise GrammarError(f"invalid grammar: {matcher.get_error()}")
+        return GrammarMatcher(matcher, self._vocab_size)

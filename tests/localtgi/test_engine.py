@@ -1,0 +1,193 @@
+"""Engine behaviour on the seeded tiny model (plus one SmolLM2 real-text check at the end)."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import dataclasses
+import math
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+import torch
+
+from localtgi.engine import Engine, GenerationStream, _Detokenizer
+from localtgi.engine_types import FinishEvent, SamplingParams, TokenEvent
+from localtgi.errors import IncompleteGenerationError
+from localtgi.models import LoadedModel, load_model
+
+
+@pytest.fixture(scope="module")
+def tiny() -> LoadedModel:
+    return load_model("tiny")
+
+
+@pytest.fixture
+async def engine(tiny: LoadedModel) -> AsyncIterator[Engine]:
+    eng = Engine(tiny, max_batch_size=8)
+    await eng.start()
+    yield eng
+    await eng.stop()
+
+
+async def run(stream: GenerationStream) -> tuple[list[TokenEvent], FinishEvent]:
+    events = [e async for e in stream]
+    assert all(isinstance(e, TokenEvent) for e in events[:-1])
+    assert isinstance(events[-1], FinishEvent)
+    return events[:-1], events[-1]  # type: ignore[return-value]
+
+
+def ids(lm: LoadedModel, text: str) -> list[int]:
+    return list(lm.tokenizer.encode(text))
+
+
+async def test_greedy_matches_transformers_generate(tiny: LoadedModel, engine: Engine) -> None:
+    prompt = ids(tiny, "Hello world")
+    tokens, finish = await run(engine.submit(prompt, SamplingParams(max_new_tokens=12)))
+    with torch.inference_mode():
+        ref = tiny.model.generate(
+            torch.tensor([prompt]), max_new_tokens=12, do_sample=False, eos_token_id=None
+        )
+    assert [t.id for t in tokens] == ref[0, len(prompt) :].tolist()
+    assert [t.index for t in tokens] == list(range(1, 13))
+    assert finish.finish_reason == "length" and finish.generated_tokens == 12
+    assert finish.seed is None
+    assert finish.generated_text == "".join(t.text for t in tokens if not t.special)
+    assert all(t.logprob <= 0 and math.isfinite(t.logprob) for t in tokens)
+
+
+async def test_seeded_sampling_same_alone_and_in_batch(tiny: LoadedModel, engine: Engine) -> None:
+    params = SamplingParams(do_sample=True, seed=42, max_new_tokens=24, temperature=0.9)
+    prompt = ids(tiny, "The quick brown fox")
+    _, alone = await run(engine.submit(prompt, params))
+    others = [ids(tiny, "x" * n + " capital of") for n in (1, 9, 17)]
+    streams = [engine.submit(p, dataclasses.replace(params, seed=n)) for n, p in enumerate(others)]
+    streams.insert(2, engine.submit(prompt, params))
+    results = await asyncio.gather(*(run(s) for s in streams))
+    assert results[2][1].generated_text == alone.generated_text
+    assert results[2][1].seed == 42
+    assert len({r[1].generated_text for r in results}) > 1
+
+
+async def test_random_seed_is_reported_and_reproduces(tiny: LoadedModel, engine: Engine) -> None:
+    prompt = ids(tiny, "Paris")
+    _, first = await run(engine.submit(prompt, SamplingParams(do_sample=True, max_new_tokens=16)))
+    assert first.seed is not None
+    again = SamplingParams(do_sample=True, seed=first.seed, max_new_tokens=16)
+    _, second = await run(engine.submit(prompt, again))
+    assert second.generated_text == first.generated_text
+
+
+async def test_stop_sequence_ends_generation_and_is_kept(tiny: LoadedModel, engine: Engine) -> None:
+    prompt = ids(tiny, "Hello world")
+    _, full = await run(engine.submit(prompt, SamplingParams(max_new_tokens=20)))
+    stop = full.generated_text[6:9]
+    assert len(stop) == 3
+    _, cut = await run(engine.submit(prompt, SamplingParams(max_new_tokens=20, stop=(stop,))))
+    assert cut.finish_reason == "stop_sequence"
+    assert stop in cut.generated_text
+    assert full.generated_text.startswith(cut.generated_text)
+    assert cut.generated_tokens < 20
+
+
+def with_eos_bias(lm: LoadedModel, bias: float) -> LoadedModel:
+    """A copy of the tiny model whose eos logit is raised by `bias` at every position."""
+    model = copy.deepcopy(lm.model)
+    eos = lm.tokenizer.eos_token_id
+
+    def hook(_m: Any, _inp: Any, out: torch.Tensor) -> torch.Tensor:
+        out = out.clone()
+        out[..., eos] += bias
+        return out
+
+    model.get_output_embeddings().register_forward_hook(hook)
+    return dataclasses.replace(lm, model=model)
+
+
+async def test_eos_token_finishes_with_special_event(tiny: LoadedModel) -> None:
+    eng = Engine(with_eos_bias(tiny, 100.0))
+    await eng.start()
+    try:
+        tokens, finish = await run(eng.submit(ids(tiny, "Hi"), SamplingParams(max_new_tokens=9)))
+    finally:
+        await eng.stop()
+    assert finish.finish_reason == "eos_token"
+    assert [(t.id, t.text, t.special) for t in tokens] == [(2, "<|im_end|>", True)]
+    assert finish.generated_text == "" and finish.generated_tokens == 1
+
+
+async def test_cancel_frees_the_slot_and_spares_the_others(tiny: LoadedModel, engine: Engine) -> None:
+    long = engine.submit(ids(tiny, "one"), SamplingParams(max_new_tokens=1500))
+    other = engine.submit(ids(tiny, "two"), SamplingParams(max_new_tokens=30))
+    first = await long.__anext__()
+    assert isinstance(first, TokenEvent)
+    long.cancel()
+    long.cancel()  # idempotent
+    with pytest.raises(StopAsyncIteration):
+        await long.__anext__()
+    _, finish = await run(other)
+    assert finish.generated_tokens == 30
+    await wait_for(lambda: engine.active == 0)
+
+
+async def wait_for(cond: Callable[[], bool], limit: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + limit
+    while not cond():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached"
+        await asyncio.sleep(0.01)
+
+
+async def test_stop_fails_inflight_streams(tiny: LoadedModel) -> None:
+    eng = Engine(tiny)
+    await eng.start()
+    stream = eng.submit(ids(tiny, "one"), SamplingParams(max_new_tokens=1500))
+    await stream.__anext__()
+    await eng.stop()
+    with pytest.raises(IncompleteGenerationError):
+        async for _ in stream:
+            pass
+
+
+async def test_batch_limit_queues_and_everyone_finishes(tiny: LoadedModel) -> None:
+    eng = Engine(tiny, max_batch_size=2)
+    await eng.start()
+    try:
+        streams = [eng.submit(ids(tiny, f"q{i}"), SamplingParams(max_new_tokens=40)) for i in range(5)]
+        seen_waiting = eng.waiting  # the worker admits at most 2
+        gathered = asyncio.gather(*(run(s) for s in streams))
+        most = 0
+        while not gathered.done():
+            most = max(most, eng.active)
+            await asyncio.sleep(0.002)
+        results = await gathered
+    finally:
+        await eng.stop()
+    assert seen_waiting >= 3 and 1 <= most <= 2
+    assert [r[1].generated_tokens for r in results] == [40] * 5
+
+
+async def test_top_n_tokens_and_prefill_logprobs(tiny: LoadedModel, engine: Engine) -> None:
+    prompt = ids(tiny, "The capital of France")
+    tokens, _ = await run(engine.submit(prompt, SamplingParams(max_new_tokens=4, top_n_tokens=3)))
+    for t in tokens:
+        assert len(t.top_tokens) == 3
+        assert t.top_tokens[0].id == t.id and t.top_tokens[0].logprob == pytest.approx(t.logprob)
+        assert [x.logprob for x in t.top_tokens] == sorted((x.logprob for x in t.top_tokens), reverse=True)
+    prefill = await engine.prefill(prompt)
+    assert [p.id for p in prefill] == prompt and prefill[0].logprob is None
+    with torch.inference_mode():
+        logits = tiny.model(torch.tensor([prompt])).logits[0]
+    want = torch.log_softmax(logits, -1)[0, prompt[1]].item()
+    assert prefill[1].logprob == pytest.approx(want, abs=1e-5)
+
+
+def test_detokenizer_holds_back_split_utf8(tiny: LoadedModel) -> None:
+    tok = tiny.tokenizer
+    text = "ab😀 c日本"
+    pieces_ids = tok.encode(text)
+    detok = _Detokenizer(tok, tok.encode("Hi"))
+    pieces = [detok.push(i) for i in pieces_ids]
+    assert "".join(pieces) == text
+    assert "" in pieces  # the emoji spans several byte tokens
+    assert all("\ufffd" not in p for p in pieces)
