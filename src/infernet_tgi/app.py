@@ -54,9 +54,7 @@ class _Runtime:
     workflow: TGIClientInferenceWorkflow | None = None
 
 
-def create_app(
-    settings: Settings, *, sleep: Sleep | None = None, upstream: Upstream | None = None
-) -> Quart:
+def create_app(settings: Settings, *, sleep: Sleep | None = None, upstream: Upstream | None = None) -> Quart:
     """A ready-to-serve app. `sleep` and `upstream` are for tests (retry waits, a fake backend)."""
     app = Quart("infernet_tgi")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
@@ -161,8 +159,7 @@ def create_app(
                 deltas = await workflow().open_stream(job.request, deadline=deadline)
         except TimeoutError as exc:
             raise UpstreamTimeoutError(
-                f"stream did not start within {settings.stream_deadline:g} s "
-                "(TGI_INF_STREAM_DEADLINE)"
+                f"stream did not start within {settings.stream_deadline:g} s (TGI_INF_STREAM_DEADLINE)"
             ) from exc
         response = Response(_chunks(deltas, deadline), content_type="text/plain; charset=utf-8")
         response.timeout = None  # the stream deadline above is the limit, not Quart's 60 s
@@ -191,9 +188,7 @@ def create_app(
         status = exc.code or 500
         description = exc.description or exc.name
         if status == 413:
-            description = (
-                f"request body is over {settings.max_body_bytes} bytes (TGI_INF_MAX_BODY_BYTES)"
-            )
+            description = f"request body is over {settings.max_body_bytes} bytes (TGI_INF_MAX_BODY_BYTES)"
         return _json({"code": str(status), "name": exc.name, "description": description}, status)
 
     @app.errorhandler(Exception)

@@ -31,9 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--host", help="bind address (default TGI_INF_HOST or 127.0.0.1)")
     parser.add_argument("--port", type=int, help="bind port (default TGI_INF_PORT or 3000)")
-    parser.add_argument(
-        "--bind", help="host:port, as hypercorn spells it (overrides --host/--port)"
-    )
+    parser.add_argument("--bind", help="host:port, as hypercorn spells it (overrides --host/--port)")
     parser.add_argument("--workers", type=int, default=1, help="accepted for compatibility; 1")
     parser.add_argument("--version", action="version", version=f"infernet-tgi {__version__}")
     args = parser.parse_args(argv)
@@ -52,9 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = dataclasses.replace(settings, host=host, port=port)
 
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = Config()
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.accesslog = None

@@ -123,8 +123,7 @@ def _constructor_args(env: Mapping[str, str]) -> dict[str, Any]:
         return {}
     if not 1 <= len(items) <= 4:
         raise ConfigError(
-            f"{POSITIONAL}: expected [server_url, timeout, headers, cookies] (1 to 4 items), "
-            f"got {len(items)}"
+            f"{POSITIONAL}: expected [server_url, timeout, headers, cookies] (1 to 4 items), got {len(items)}"
         )
     return dict(zip(_CONSTRUCTOR_KEYS, items, strict=False))
 

@@ -69,9 +69,7 @@ def parse_job(body: Any, settings: Settings) -> Job:
         raw_input = job.data
     else:
         if not isinstance(job.data, dict):
-            raise BadJobError(
-                'off-chain job data must be an object such as {"text": "..."}, got a string'
-            )
+            raise BadJobError('off-chain job data must be an object such as {"text": "..."}, got a string')
         prompt, raw_parameters = _offchain(job.data)
         # A delegated subscription (off-chain data, on-chain answer) gets its prompt ABI-encoded as
         # raw_input, so the consumer can tell which question an answer belongs to.
@@ -121,8 +119,7 @@ def _offchain(data: dict[str, Any]) -> tuple[str, dict[str, Any] | None]:
     prompt = parsed.the_prompt()
     if prompt is None:
         raise BadJobError(
-            'off-chain data needs the prompt under "text" (or "prompt"); got keys '
-            f"{sorted(data) or 'none'}"
+            f'off-chain data needs the prompt under "text" (or "prompt"); got keys {sorted(data) or "none"}'
         )
     return prompt, parsed.parameters
 

@@ -65,9 +65,7 @@ def _unhex(data: str) -> bytes:
             "(expected abi.encode(string prompt))"
         )
     if data[:2] in ("0x", "0X"):
-        raise InputDecodeError(
-            "on-chain input must be hex without a 0x prefix, as the node sends it"
-        )
+        raise InputDecodeError("on-chain input must be hex without a 0x prefix, as the node sends it")
     if not _HEX.fullmatch(data):
         bad = next(ch for ch in data if not _HEX.fullmatch(ch))
         raise InputDecodeError(f"on-chain input is not hex: unexpected character {bad!r}")

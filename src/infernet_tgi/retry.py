@@ -68,9 +68,7 @@ class RetryPolicy:
     clock: Callable[[], float] = time.monotonic
     on_retry: Callable[[InfernetTGIError, float], None] | None = None
 
-    async def call(
-        self, attempt: Callable[[], Awaitable[T]], *, deadline: float | None = None
-    ) -> T:
+    async def call(self, attempt: Callable[[], Awaitable[T]], *, deadline: float | None = None) -> T:
         """Await `attempt()` under the policy. `deadline` (on `clock`) stops retrying early: a wait
         that would end past it is not taken, and the last error is raised instead."""
         schedule = waits(self.params, self.uniform)

@@ -58,7 +58,7 @@ class TGIClientInferenceWorkflow:
         self.defaults = GenerationParameters.model_validate(inference_params).tgi_json()
         self._metrics = metrics
         self._policy = RetryPolicy(
-            params=params, sleep=sleep or asyncio.sleep, on_retry=self._count_retry
+            params=params, sleep=asyncio.sleep if sleep is None else sleep, on_retry=self._count_retry
         )
         self._client = http_client
         self._owns_client = http_client is None
@@ -100,17 +100,13 @@ class TGIClientInferenceWorkflow:
             raise ValueError("setup() must be called before inference()")
         return (await self.generate(self._request(input_data))).text
 
-    async def stream(
-        self, input_data: TgiInferenceRequest | dict[str, Any] | str
-    ) -> AsyncIterator[str]:
+    async def stream(self, input_data: TgiInferenceRequest | dict[str, Any] | str) -> AsyncIterator[str]:
         """The generated text piece by piece, special tokens left out."""
         async for delta in await self.open_stream(self._request(input_data)):
             if delta.text:
                 yield delta.text
 
-    async def generate(
-        self, request: GenerationRequest, *, deadline: float | None = None
-    ) -> Generation:
+    async def generate(self, request: GenerationRequest, *, deadline: float | None = None) -> Generation:
         """One generation under the retry policy; `deadline` is on `time.monotonic()`."""
         upstream = self.upstream
         return await self._policy.call(
@@ -154,18 +150,14 @@ class TGIClientInferenceWorkflow:
             raise
         finally:
             if self._metrics is not None:
-                self._metrics.upstream_latency.labels(kind, outcome).observe(
-                    time.perf_counter() - started
-                )
+                self._metrics.upstream_latency.labels(kind, outcome).observe(time.perf_counter() - started)
 
     def _count_retry(self, exc: InfernetTGIError, wait: float) -> None:
         if self._metrics is not None:
             self._metrics.retries.labels(type(exc).__name__).inc()
 
 
-async def _prepend(
-    first: StreamDelta, rest: AsyncIterator[StreamDelta]
-) -> AsyncIterator[StreamDelta]:
+async def _prepend(first: StreamDelta, rest: AsyncIterator[StreamDelta]) -> AsyncIterator[StreamDelta]:
     try:
         yield first
         if first.finish_reason is None:

@@ -77,9 +77,7 @@ class TGIUpstream:
                 async for data in events(response.aiter_lines()):
                     payload = _decode(data.encode(), url)
                     if not isinstance(payload, dict):
-                        raise UpstreamProtocolError(
-                            f"upstream stream event is not an object ({url})"
-                        )
+                        raise UpstreamProtocolError(f"upstream stream event is not an object ({url})")
                     if "error" in payload:
                         raise event_error(payload, url)
                     token = payload.get("token") or {}
