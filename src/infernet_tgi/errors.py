@@ -29,7 +29,7 @@ from http import HTTPStatus
 
 
 class InfernetTGIError(Exception):
-    """Base of every error raised on purpose; `status` is the HTTP status it is served with."""
+    """Raised when anything fails on purpose (the base); `status` is the HTTP status it is served with."""
 
     status: int = 500
     retryable: bool = False
@@ -48,7 +48,7 @@ class InfernetTGIError(Exception):
 
 
 class ConfigError(InfernetTGIError):
-    """Raised at startup when a setting is malformed; the message names the variable."""
+    """Raised when a setting is malformed at startup; the message names the variable."""
 
 
 class JobError(InfernetTGIError):
