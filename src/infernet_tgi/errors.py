@@ -15,8 +15,8 @@
         ├── UpstreamOverloadedError   429 the backend is overloaded (retryable)
         ├── UpstreamUnavailableError  503 connection refused/reset, or the backend answered 503 (retryable)
         ├── UpstreamTimeoutError      504 no answer within the timeout (retryable)
-        ├── UpstreamShardError        503 TGI shard not ready / shard timeout (retryable)
-        └── UpstreamProtocolError     502 the backend answered something we cannot read, or a 5xx
+        ├── UpstreamShardError        503 TGI shard not ready (424) / shard timeout (504) (retryable)
+        └── UpstreamProtocolError     502 the backend answered something we cannot read, or a 500
 
 Foreign exceptions (httpx, pydantic, eth-abi) are translated where they enter: httpx in
 `upstream.http`, pydantic in `jobs`, eth-abi in `onchain`. Every error renders as the Ritual JSON
@@ -127,7 +127,7 @@ class UpstreamTimeoutError(UpstreamError):
 
 
 class UpstreamShardError(UpstreamError):
-    """Raised for TGI's shard errors (403/424 without `generation`, 504 from the router)."""
+    """Raised when TGI reports a shard error (424 without `generation`, or 504 from the router)."""
 
     status = 503
     retryable = True
