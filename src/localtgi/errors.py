@@ -3,10 +3,15 @@
     LocalTGIError
     ├── ValidationError            422 validation
     │   └── GrammarError           422 validation
+    ├── TemplateError              422 template_error (chat template failed to render)
+    ├── RequestRejectedError       422 with its own error_type (suffix, batch size, tools)
     ├── OverloadedError            429 overloaded
     ├── GenerationError            424 generation
     ├── IncompleteGenerationError  500 incomplete_generation
-    └── ModelLoadError             (startup only; the launcher exits with its message)
+    ├── NotReadyError              503 healthcheck (model or engine not serving)
+    ├── RequestBodyError           400/413/415/422 plain text (body rejected before any handler)
+    ├── ModelLoadError             (startup only; the launcher exits with its message)
+    └── SettingsError              (startup only; the launcher exits with its message)
 
 Each class knows the HTTP status and TGI `error_type` it is served with; `message` is the text TGI puts
 in `{"error": ..., "error_type": ...}` (for validation errors the app adds "Input validation error: ").
@@ -63,3 +68,45 @@ class IncompleteGenerationError(LocalTGIError):
 
 class ModelLoadError(LocalTGIError):
     """Raised when a model id cannot be resolved, converted or loaded."""
+
+
+class SettingsError(LocalTGIError):
+    """Raised when launcher flags are out of range or contradict each other or the model."""
+
+
+class RequestBodyError(LocalTGIError):
+    """Raised when a request body is too large, not JSON, or does not match the request type.
+
+    TGI answers these with a plain-text body (axum's extractor rejections), not the JSON error shape.
+    """
+
+    error_type = "body"
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class TemplateError(LocalTGIError):
+    """Raised when the model's chat template cannot render the messages."""
+
+    status = 422
+    error_type = "template_error"
+
+
+class RequestRejectedError(LocalTGIError):
+    """Raised when an OpenAI-style request asks for something TGI refuses outright (`suffix`, too many
+    prompts, tools); `error_type` is TGI's string for the case."""
+
+    status = 422
+
+    def __init__(self, error_type: str, message: str) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+
+
+class NotReadyError(LocalTGIError):
+    """Raised when a request arrives before the engine started or after it stopped."""
+
+    status = 503
+    error_type = "healthcheck"

@@ -1,0 +1,106 @@
+"""The localtgi Quart app: `create_app(settings, model=None)`.
+
+Use `create_app` to get an ASGI app serving TGI's native routes (`localtgi.tgi`) and the OpenAI-compatible
+`/v1` routes (`localtgi.openai`). Its lifespan loads the model in a worker thread when none is given,
+starts the engine, and stops it on shutdown. Serve it with hypercorn (`localtgi.cli.serve`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from quart import Quart, Response
+from werkzeug.exceptions import HTTPException
+
+from localtgi.errors import LocalTGIError, RequestBodyError
+from localtgi.inference import Inference, Permits
+from localtgi.metrics import Metrics
+from localtgi.models import LoadedModel, load_model
+from localtgi.openai import routes as openai_routes
+from localtgi.server import EXTENSION, Server, error_response, package_version
+from localtgi.settings import Settings
+from localtgi.tgi import routes as tgi_routes
+from localtgi.validation import Tokenize, Validator
+
+log = logging.getLogger(__name__)
+
+
+def _tokenizer_encode(model: LoadedModel) -> Tokenize:
+    tokenizer = model.tokenizer
+
+    def encode(text: str, add_special_tokens: bool) -> list[int]:
+        ids: list[int] = tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"]
+        return ids
+
+    return encode
+
+
+async def start_server(settings: Settings, model: LoadedModel | None) -> Server:
+    """Load (if needed) and start everything one app serves with."""
+    from localtgi.engine import Engine  # torch import; kept off the module import path
+
+    if model is None:
+        model = await asyncio.to_thread(
+            load_model, settings.model_id, cache_dir=settings.cache_dir, progress=log.info
+        )
+    limits = settings.limits_for(model.max_position_embeddings)
+    engine = Engine(model, max_batch_size=settings.max_batch_size, threads=settings.num_threads)
+    await engine.start()
+    metrics = Metrics(queue_size=lambda: engine.waiting, batch_size=lambda: engine.active)
+    inference = Inference(
+        engine,
+        Validator(limits, _tokenizer_encode(model)),
+        Permits(settings.max_concurrent_requests),
+        metrics,
+        model.eos_token_ids,
+    )
+    return Server(
+        settings=settings,
+        model=model,
+        engine=engine,
+        limits=limits,
+        inference=inference,
+        metrics=metrics,
+        version=package_version(),
+    )
+
+
+def create_app(settings: Settings, model: LoadedModel | None = None) -> Quart:
+    """A Quart app for `settings`; pass `model` to reuse an already loaded one (tests, the CLI)."""
+    app = Quart("localtgi")
+    # Streams and long generations must not be cut by Quart's 60 s response timeout.
+    app.config["RESPONSE_TIMEOUT"] = None
+    app.config["MAX_CONTENT_LENGTH"] = settings.payload_limit
+
+    @app.before_serving
+    async def startup() -> None:
+        app.extensions[EXTENSION] = await start_server(settings, model)
+
+    @app.after_serving
+    async def shutdown() -> None:
+        srv: Server | None = app.extensions.pop(EXTENSION, None)
+        if srv is not None:
+            srv.healthy = False
+            await srv.engine.stop()
+
+    @app.errorhandler(LocalTGIError)
+    async def local_error(exc: LocalTGIError) -> Response:
+        if isinstance(exc, RequestBodyError):
+            return Response(exc.message, status=exc.status, content_type="text/plain; charset=utf-8")
+        return error_response(exc)
+
+    @app.errorhandler(HTTPException)
+    async def http_error(exc: HTTPException) -> Response:
+        # axum answers unknown routes with an empty body and oversized bodies with plain text.
+        if exc.code == 413:
+            return Response(
+                "Failed to buffer the request body: length limit exceeded",
+                status=413,
+                content_type="text/plain; charset=utf-8",
+            )
+        return Response(b"", status=exc.code or 500)
+
+    app.register_blueprint(tgi_routes)
+    app.register_blueprint(openai_routes)
+    return app

@@ -1,0 +1,85 @@
+"""The shared resources of one running localtgi app, and how routes reach them.
+
+`create_app`'s lifespan builds one `Server` (model, engine, validator, permits, metrics) and stores it on
+the app; routes call `server()` to get it. Nothing here is a module global, so several apps can live in one
+process (tests do this).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
+
+from quart import Response, current_app
+
+from localtgi.errors import LocalTGIError, NotReadyError, ValidationError
+from localtgi.protocol import ErrorResponse
+from localtgi.settings import Limits, Settings
+
+if TYPE_CHECKING:
+    from localtgi.engine import Engine
+    from localtgi.inference import Inference
+    from localtgi.metrics import Metrics
+    from localtgi.models import LoadedModel
+
+EXTENSION = "localtgi"
+ROUTER = "text-generation-router"
+
+
+def package_version() -> str:
+    try:
+        return version("infernet-tgi")
+    except PackageNotFoundError:
+        return "0.0.0"
+
+
+@dataclass
+class Server:
+    settings: Settings
+    model: LoadedModel
+    engine: Engine
+    limits: Limits
+    inference: Inference
+    metrics: Metrics
+    version: str
+    healthy: bool = True
+
+    @property
+    def model_id(self) -> str:
+        return self.model.model_id
+
+    @property
+    def system_fingerprint(self) -> str:
+        return f"{self.version}-native"
+
+
+def server() -> Server:
+    """The Server of the app handling the current request (503 until startup finished)."""
+    found: Server | None = current_app.extensions.get(EXTENSION)
+    if found is None:
+        raise NotReadyError("unhealthy")
+    return found
+
+
+def error_message(exc: LocalTGIError) -> str:
+    """TGI's `error` text for an error: validation errors get their prefix, generation errors theirs."""
+    if isinstance(exc, ValidationError):
+        return f"Input validation error: {exc.message}"
+    if exc.error_type == "generation":
+        return f"Request failed during generation: {exc.message}"
+    if exc.error_type == "template_error":
+        return f"Template error: {exc.message}"
+    return exc.message
+
+
+def error_payload(exc: LocalTGIError) -> dict[str, Any]:
+    return ErrorResponse(error=error_message(exc), error_type=exc.error_type).wire()
+
+
+def error_response(exc: LocalTGIError) -> Response:
+    return Response(
+        ErrorResponse(error=error_message(exc), error_type=exc.error_type).model_dump_json(),
+        status=exc.status,
+        content_type="application/json",
+    )
