@@ -28,8 +28,9 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import chain  # noqa: E402
 from node_codec import delivery_from_result  # noqa: E402
+
+import chain  # noqa: E402
 
 ANVIL = ROOT / "node_modules" / ".bin" / "anvil"
 PYTHON = ROOT / ".venv" / "bin" / "python"

@@ -51,3 +51,14 @@ def delivery_from_result(result: Any) -> tuple[bytes, bytes, bytes] | None:
             proof,
         )
     return b"", encode(["string"], [repr(result)]), b""
+
+
+def container_result(text: str, raw_input: str = "") -> dict[str, str]:
+    """The five keys as the container returns them on-chain: raw_output = abi.encode(string text)."""
+    return {
+        "raw_input": raw_input,
+        "processed_input": "",
+        "raw_output": encode(["string"], [text]).hex(),
+        "processed_output": "",
+        "proof": "",
+    }

@@ -7,24 +7,14 @@ end-to-end tests replace them with real container output.
 
 from __future__ import annotations
 
-import chain
 import pytest
 from conftest import Accounts, Stack, prompt_subscription
 from eth_abi import decode, encode
 from eth_utils import keccak
-from node_codec import WedgedInterval, delivery_from_result
+from node_codec import WedgedInterval, container_result, delivery_from_result
 from web3.exceptions import ContractCustomError
 
-
-def container_result(text: str, raw_input: str = "") -> dict[str, str]:
-    """The five keys exactly as the container returns them for an on-chain destination."""
-    return {
-        "raw_input": raw_input,
-        "processed_input": "",
-        "raw_output": encode(["string"], [text]).hex(),
-        "processed_output": "",
-        "proof": "",
-    }
+import chain
 
 
 def answers(stack: Stack, sub_id: int, interval: int = 1) -> list[tuple[str, str]]:
