@@ -71,7 +71,9 @@ def create_app(settings: Settings, model: LoadedModel | None = None) -> Quart:
     app = Quart("localtgi")
     # Streams and long generations must not be cut by Quart's 60 s response timeout.
     app.config["RESPONSE_TIMEOUT"] = None
-    app.config["MAX_CONTENT_LENGTH"] = settings.payload_limit
+    # Bodies a little over the limit are read and answered with a clean 413 by `parse_body`; only
+    # absurd ones are cut off while still arriving (the client then sees the connection close).
+    app.config["MAX_CONTENT_LENGTH"] = settings.payload_limit * 16
 
     @app.before_serving
     async def startup() -> None:

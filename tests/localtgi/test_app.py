@@ -1,0 +1,292 @@
+"""TGI native routes over real HTTP (hypercorn on loopback, tiny model): shapes, SSE, errors, limits."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+from localtgikit import RunningServer
+
+JSON = {"content-type": "application/json"}
+
+
+def sse_events(raw: bytes) -> list[dict[str, Any]]:
+    """Parse TGI SSE strictly: every event is `data:` (no space) + JSON + blank line."""
+    text = raw.decode()
+    assert text.endswith("\n\n")
+    events = []
+    for block in text[:-2].split("\n\n"):
+        assert block.startswith("data:{"), block
+        events.append(json.loads(block[len("data:") :]))
+    return events
+
+
+async def post(server: RunningServer, path: str, body: Any) -> httpx.Response:
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+        return await client.post(path, json=body)
+
+
+async def test_generate_shape_and_omissions(localtgi: RunningServer) -> None:
+    plain = await post(localtgi, "/generate", {"inputs": "Hello", "parameters": {"max_new_tokens": 4}})
+    assert plain.status_code == 200
+    assert list(plain.json()) == ["generated_text"]  # no details unless asked for
+    r = await post(
+        localtgi,
+        "/generate",
+        {"inputs": "Hello", "parameters": {"max_new_tokens": 4, "details": True}},
+    )
+    body = r.json()
+    details = body["details"]
+    assert set(details) == {"finish_reason", "generated_tokens", "seed", "prefill", "tokens"}
+    assert details["finish_reason"] == "length" and details["generated_tokens"] == 4
+    assert details["seed"] is None and details["prefill"] == []  # greedy; no decoder_input_details
+    assert len(details["tokens"]) == 4
+    assert all(set(t) == {"id", "text", "logprob", "special"} for t in details["tokens"])
+    assert all(t["logprob"] < 0 for t in details["tokens"])
+    assert body["generated_text"] == "".join(t["text"] for t in details["tokens"])
+    assert body["generated_text"] == plain.json()["generated_text"]  # greedy is deterministic
+
+
+async def test_generate_prefill_top_tokens_and_headers(localtgi: RunningServer) -> None:
+    r = await post(
+        localtgi,
+        "/generate",
+        {"inputs": "Hello world", "parameters": {"max_new_tokens": 3, "decoder_input_details": True,
+                                                 "top_n_tokens": 3}},
+    )
+    details = r.json()["details"]  # decoder_input_details alone brings details
+    prefill = details["prefill"]
+    assert [p["text"] for p in prefill] == ["Hello", " world"]
+    assert prefill[0]["logprob"] is None and prefill[1]["logprob"] < 0
+    assert len(details["top_tokens"]) == 3 and all(len(t) == 3 for t in details["top_tokens"])
+    for token, top in zip(details["tokens"], details["top_tokens"], strict=True):
+        assert top[0]["logprob"] >= top[1]["logprob"] >= top[2]["logprob"]
+        assert token["logprob"] <= top[0]["logprob"] + 1e-6
+    h = r.headers
+    assert h["x-compute-type"] == "cpu" and h["x-compute-characters"] == "11"
+    assert h["x-prompt-tokens"] == "2" and h["x-generated-tokens"] == "3"
+    assert float(h["x-compute-time"]) > 0
+    for name in ("x-total-time", "x-validation-time", "x-queue-time", "x-inference-time",
+                 "x-time-per-token"):
+        assert h[name].isdigit(), name
+    assert "retry-after" not in h
+
+
+async def test_best_of(localtgi: RunningServer) -> None:
+    r = await post(
+        localtgi,
+        "/generate",
+        {"inputs": "Hello", "parameters": {"max_new_tokens": 3, "best_of": 2, "do_sample": True,
+                                           "details": True}},
+    )
+    details = r.json()["details"]
+    others = details["best_of_sequences"]
+    assert len(others) == 1
+    assert isinstance(details["seed"], int) and isinstance(others[0]["seed"], int)
+    best = sum(t["logprob"] for t in details["tokens"])
+    assert best >= sum(t["logprob"] for t in others[0]["tokens"])
+    assert "top_tokens" not in others[0]
+
+
+async def test_compat_route_and_return_full_text(localtgi: RunningServer) -> None:
+    p = {"max_new_tokens": 3}
+    compat = await post(localtgi, "/", {"inputs": "Hello", "parameters": p})
+    assert compat.status_code == 200 and isinstance(compat.json(), list)
+    gen = await post(localtgi, "/generate", {"inputs": "Hello", "parameters": p})
+    # On POST / a null return_full_text becomes true (text-generation pipeline).
+    assert compat.json()[0]["generated_text"] == "Hello" + gen.json()["generated_text"]
+    off = await post(localtgi, "/", {"inputs": "Hello", "parameters": {**p,
+                                                                       "return_full_text": False}})
+    assert off.json()[0]["generated_text"] == gen.json()["generated_text"]
+    stream = await post(localtgi, "/", {"inputs": "Hello", "parameters": p, "stream": True})
+    assert stream.headers["content-type"].startswith("text/event-stream")
+    assert sse_events(stream.content)[-1]["generated_text"] == compat.json()[0]["generated_text"]
+
+
+async def test_sse_framing(localtgi: RunningServer) -> None:
+    body = {"inputs": "Hello", "parameters": {"max_new_tokens": 4, "details": True,
+                                              "top_n_tokens": 2}}
+    r = await post(localtgi, "/generate_stream", body)
+    assert r.status_code == 200
+    assert r.headers["cache-control"] == "no-cache" and r.headers["x-accel-buffering"] == "no"
+    assert r.headers["x-compute-characters"] == "5" and "x-compute-time" not in r.headers
+    assert b"[DONE]" not in r.content
+    events = sse_events(r.content)
+    assert [e["index"] for e in events] == [1, 2, 3, 4]
+    for e in events[:-1]:
+        assert e["generated_text"] is None and e["details"] is None  # present as null
+        assert len(e["top_tokens"]) == 2  # flat list per event
+    last = events[-1]
+    assert last["details"] == {"finish_reason": "length", "generated_tokens": 4, "seed": None,
+                               "input_length": 1}
+    gen = await post(localtgi, "/generate", body)
+    assert last["generated_text"] == gen.json()["generated_text"]
+    assert "".join(e["token"]["text"] for e in events) == last["generated_text"]
+    no_details = await post(localtgi, "/generate_stream",
+                            {"inputs": "Hello", "parameters": {"max_new_tokens": 2}})
+    final = sse_events(no_details.content)[-1]
+    assert final["details"] is None and isinstance(final["generated_text"], str)
+    assert "top_tokens" not in final
+
+
+@pytest.mark.parametrize(
+    ("parameters", "message"),
+    [
+        ({"temperature": 0}, "Input validation error: `temperature` must be strictly positive"),
+        ({"best_of": 2, "do_sample": True},
+         "Input validation error: `best_of` != 1 is not supported when streaming tokens"),
+        ({"decoder_input_details": True},
+         "Input validation error: `decoder_input_details` == true is not supported when "
+         "streaming tokens"),
+        ({"top_p": 1.0}, "Input validation error: `top_p` must be > 0.0 and < 1.0"),
+    ],
+)
+async def test_errors_inside_streams(
+    localtgi: RunningServer, parameters: dict[str, Any], message: str
+) -> None:
+    r = await post(localtgi, "/generate_stream", {"inputs": "Hello", "parameters": parameters})
+    assert r.status_code == 200
+    assert sse_events(r.content) == [{"error": message, "error_type": "validation"}]
+
+
+async def test_validation_errors_are_422_json(localtgi: RunningServer) -> None:
+    r = await post(localtgi, "/generate", {"inputs": "Hello", "parameters": {"temperature": 0}})
+    assert r.status_code == 422 and r.headers["content-type"] == "application/json"
+    assert r.json() == {"error": "Input validation error: `temperature` must be strictly positive",
+                        "error_type": "validation"}
+    assert "x-compute-type" not in r.headers
+    r = await post(localtgi, "/", {"inputs": "", "parameters": {}})
+    assert r.json()["error"] == "Input validation error: `inputs` cannot be empty"
+    r = await post(localtgi, "/generate", {"inputs": "Hello", "parameters": {"best_of": 3}})
+    assert r.json()["error"] == "Input validation error: `best_of` must be > 0 and <= 2. Given: 3"
+    r = await post(localtgi, "/generate",
+                   {"inputs": "Hello", "parameters": {"grammar": {"type": "regex", "value": "("}}})
+    assert r.status_code == 422 and r.json()["error_type"] == "validation"
+
+
+async def test_plain_text_rejections(localtgi: RunningServer) -> None:
+    async with httpx.AsyncClient(base_url=localtgi.url, timeout=30) as c:
+        r = await c.post("/generate", content=b'{"inputs":', headers=JSON)
+        assert r.status_code == 400 and r.text.startswith("Failed to parse the request body as JSON")
+        r = await c.post("/generate", content=b'{"inputs":"x"}')
+        assert r.status_code == 415
+        assert r.text == "Expected request with `Content-Type: application/json`"
+        r = await c.post("/generate", json={"inputs": 1})
+        assert r.status_code == 422 and r.headers["content-type"].startswith("text/plain")
+        assert r.text.startswith("Failed to deserialize the JSON body into the target type: ")
+        r = await c.post("/generate", json={"inputs": "x" * 2_000_001})
+        assert r.status_code == 413
+        r = await c.get("/nope")
+        assert r.status_code == 404 and r.content == b""
+
+
+async def test_finish_reasons_stop_and_grammar(localtgi: RunningServer) -> None:
+    base = await post(localtgi, "/generate",
+                      {"inputs": "Hello", "parameters": {"max_new_tokens": 6}})
+    text = base.json()["generated_text"]
+    stop = text[len(text) // 2 : len(text) // 2 + 2]
+    r = await post(localtgi, "/generate", {"inputs": "Hello", "parameters": {
+        "max_new_tokens": 6, "stop": [stop], "details": True}})
+    body = r.json()
+    assert body["details"]["finish_reason"] == "stop_sequence"
+    assert body["generated_text"].endswith(stop) or stop in body["generated_text"]  # kept
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    r = await post(localtgi, "/generate", {"inputs": "Hello", "parameters": {
+        "max_new_tokens": 40, "details": True, "grammar": {"type": "json", "value": schema}}})
+    body = r.json()
+    assert body["details"]["finish_reason"] == "eos_token", body
+    assert isinstance(json.loads(body["generated_text"])["n"], int)
+    r = await post(localtgi, "/generate", {"inputs": "Hello", "parameters": {
+        "max_new_tokens": 8, "grammar": {"type": "regex", "value": "[0-9]{3}"}, "details": True}})
+    body = r.json()
+    assert re.fullmatch("[0-9]{3}", body["generated_text"])
+    assert body["details"]["finish_reason"] == "eos_token"
+
+
+async def test_seeded_sampling_is_deterministic(localtgi: RunningServer) -> None:
+    body = {"inputs": "Hello", "parameters": {"max_new_tokens": 8, "do_sample": True, "seed": 42,
+                                              "temperature": 1.5, "details": True}}
+    a, b = await asyncio.gather(post(localtgi, "/generate", body), post(localtgi, "/generate", body))
+    da, db = a.json()["details"], b.json()["details"]
+    assert a.json()["generated_text"] == b.json()["generated_text"] and da["seed"] == 42
+    assert [t["id"] for t in da["tokens"]] == [t["id"] for t in db["tokens"]]
+    # Batched rows may differ from each other in the last float bits, not in tokens.
+    for x, y in zip(da["tokens"], db["tokens"], strict=True):
+        assert x["logprob"] == pytest.approx(y["logprob"], abs=1e-4)
+    other = await post(localtgi, "/generate", {**body, "parameters": {**body["parameters"],
+                                                                      "seed": 43}})
+    assert other.json()["details"]["seed"] == 43
+    unseeded = await post(localtgi, "/generate", {"inputs": "Hello"})  # parameters omitted: samples
+    assert unseeded.status_code == 200
+
+
+async def test_info_health_tokenize_models_metrics(localtgi: RunningServer) -> None:
+    async with httpx.AsyncClient(base_url=localtgi.url, timeout=30) as c:
+        info = (await c.get("/info")).json()
+        assert info["model_id"] == "tiny" and info["router"] == "text-generation-router"
+        assert info["max_total_tokens"] == 2048 and info["max_input_tokens"] == 2047
+        assert (info["max_best_of"], info["max_stop_sequences"]) == (2, 4)
+        assert info["max_concurrent_requests"] == 128 and info["max_client_batch_size"] == 4
+        assert re.fullmatch(r"\d+\.\d+\.\d+.*", info["version"])
+        assert info["model_pipeline_tag"] == "text-generation"
+        health = await c.get("/health")
+        assert health.status_code == 200 and health.content == b""
+        tok = (await c.post("/tokenize", json={"inputs": "Hello world"})).json()
+        assert tok == [{"id": tok[0]["id"], "text": "Hello", "start": 0, "stop": 5},
+                       {"id": tok[1]["id"], "text": " world", "start": 5, "stop": 11}]
+        cut = await c.post("/tokenize", json={"inputs": "Hello world",
+                                              "parameters": {"truncate": 1}})
+        assert cut.json() == tok[1:]
+        models = (await c.get("/v1/models")).json()
+        assert models == {"object": "list", "data": [
+            {"id": "tiny", "object": "model", "created": 0, "owned_by": "tiny"}]}
+        await c.post("/generate", json={"inputs": "Hello", "parameters": {"temperature": -1}})
+        metrics = (await c.get("/metrics")).text
+    for name in ("tgi_request_count ", "tgi_request_success ", "tgi_request_duration_bucket",
+                 "tgi_request_generated_tokens_count", "tgi_queue_size ",
+                 "tgi_batch_current_size ", "tgi_request_input_length_sum"):
+        assert name in metrics, name
+    assert re.search(r'tgi_request_failure\{err="validation"\} [1-9]', metrics)
+
+
+async def test_overloaded_and_disconnect(limited: RunningServer) -> None:
+    """--max-concurrent-requests 1: a live stream holds the only permit; closing it frees it."""
+    state = limited.state
+    async with httpx.AsyncClient(base_url=limited.url, timeout=30) as c:
+        async with c.stream("POST", "/generate_stream", json={
+            "inputs": "Hello", "parameters": {"max_new_tokens": 1900}}) as stream:
+            lines = stream.aiter_lines()
+            first = await anext(lines)
+            assert first.startswith("data:{")
+            assert state.engine.active == 1 and state.inference.permits.taken == 1
+            r = await c.post("/generate", json={"inputs": "Hi", "parameters": {}})
+            assert r.status_code == 429 and "retry-after" not in r.headers
+            assert r.json() == {"error": "Model is overloaded", "error_type": "overloaded"}
+            s = await c.post("/generate_stream", json={"inputs": "Hi"})
+            assert s.status_code == 200
+            assert sse_events(s.content) == [{"error": "Model is overloaded",
+                                              "error_type": "overloaded"}]
+        # The client went away mid-stream: the generation leaves the batch and the permit returns.
+        started = time.monotonic()
+        deadline = started + 1.0  # the 1900 tokens would take several seconds
+        while state.engine.active or state.inference.permits.taken:  # noqa: ASYNC110 - polling
+            assert time.monotonic() < deadline, "the disconnected stream kept its slot"
+            await asyncio.sleep(0.01)
+        assert state.engine.active == 0 and state.inference.permits.taken == 0
+        r = await c.post("/generate", json={"inputs": "Hi", "parameters": {"max_new_tokens": 2}})
+        assert r.status_code == 200
+        # Limits of this server: 64 input tokens.
+        r = await c.post("/generate", json={"inputs": "word " * 70,
+                                            "parameters": {"truncate": 60, "max_new_tokens": 2}})
+        assert r.status_code == 200
+        r = await c.post("/generate", json={"inputs": "word " * 70,
+                                            "parameters": {"max_new_tokens": 1}})
+        assert r.status_code == 422
+        assert r.json()["error"].startswith("Input validation error: `inputs` must have less "
+                                            "than 64 tokens. Given: ")
