@@ -6,9 +6,10 @@
 // build is skipped when the sources, settings and compiler version hash to the value recorded in
 // contracts/out/.build-hash, so repeated test sessions do not pay for solcjs again.
 //
-// `infernet-sdk/` is remapped to contracts/src/sdk/ (our ABI-identical stand-in); point the remapping
-// at a checkout of ritual-net/infernet-sdk v1.1.0's src/ to build the consumers against the real SDK
-// (INFERNET_SDK_DIR=/path/to/infernet-sdk/src).
+// `infernet-sdk/` is remapped to contracts/src/sdk/ (our ABI-identical stand-in). To build the consumers
+// against the real SDK instead, point INFERNET_SDK_DIR at a checkout of ritual-net/infernet-sdk
+// v1.1.0's src/ and add its own dependency through SOLC_REMAPPINGS, e.g.
+//   INFERNET_SDK_DIR=lib/infernet-sdk/src SOLC_REMAPPINGS=solady/=lib/infernet-sdk/lib/solady/src/
 'use strict';
 
 const crypto = require('crypto');
@@ -58,8 +59,18 @@ function main() {
     process.exit(2);
   }
 
+  const extra = (process.env.SOLC_REMAPPINGS || '').split(',').map((r) => r.trim()).filter(Boolean);
+  const allowedDirs = [ROOT, sdkDir];
+  for (const r of extra) {
+    const target = r.split('=')[1];
+    if (!target) {
+      console.error('error: SOLC_REMAPPINGS entries look like prefix/=path/, got ' + r);
+      process.exit(2);
+    }
+    allowedDirs.push(path.resolve(ROOT, target));
+  }
   const settings = {
-    remappings: ['infernet-sdk/=' + sdkPrefix],
+    remappings: ['infernet-sdk/=' + sdkPrefix, ...extra],
     optimizer: { enabled: true, runs: 200 },
     evmVersion: EVM_VERSION,
     outputSelection: {
@@ -82,9 +93,10 @@ function main() {
   }
 
   function findImports(importPath) {
-    // Paths arrive already remapped and relative to ROOT; refuse anything outside it or the SDK.
+    // Paths arrive already remapped and relative to ROOT; refuse anything outside the repository
+    // and the remapping targets.
     const abs = path.resolve(ROOT, importPath);
-    if (!abs.startsWith(ROOT + path.sep) && !abs.startsWith(sdkDir + path.sep)) {
+    if (!allowedDirs.some((dir) => abs.startsWith(dir + path.sep))) {
       return { error: 'import outside the repository: ' + importPath };
     }
     if (!fs.existsSync(abs)) return { error: 'file not found: ' + importPath };
