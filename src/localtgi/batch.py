@@ -10,22 +10,75 @@ padding and explicit position ids, so a row's logits do not depend on its neighb
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 KV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values [batch, heads, time, dim]
 
 
-def prefill(model: Any, input_ids: Sequence[int]) -> tuple[torch.Tensor, KV]:
-    """Run the prompt alone; returns the last position's logits [vocab] and its cache."""
-    ids = torch.tensor([list(input_ids)], dtype=torch.long)
-    cache = DynamicCache()
+@dataclass(frozen=True)
+class Prefix:
+    """A prompt head shared by many requests (the chat template's opening), prefilled once."""
+
+    ids: tuple[int, ...]
+    kv: KV
+
+
+def chat_prefix_ids(tokenizer: Any) -> tuple[int, ...]:
+    """Token ids every chat-templated prompt starts with (e.g. SmolLM2's default system turn).
+
+    Two renderings with different user messages are compared, so a BPE merge across the boundary
+    cannot make the prefix wrong. Empty when the template has no common opening.
+    """
+    try:
+        a, b = (
+            tokenizer.encode(
+                tokenizer.apply_chat_template(
+                    [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False
+                )
+            )
+            for text in ("Hello there", "42? Well")
+        )
+    except Exception:  # noqa: BLE001 - a model without a usable template just gets no prefix
+        return ()
+    common = 0
+    while common < min(len(a), len(b)) and a[common] == b[common]:
+        common += 1
+    return tuple(int(i) for i in a[:common])
+
+
+def compute_prefix(model: Any, ids: Sequence[int]) -> Prefix:
+    """Prefill `ids` once, to be reused by `prefill` for every prompt that starts with them."""
+    _, kv = _forward_prompt(model, list(ids), None)
+    return Prefix(ids=tuple(ids), kv=kv)
+
+
+def prefill(
+    model: Any, input_ids: Sequence[int], prefix: Prefix | None = None
+) -> tuple[torch.Tensor, KV]:
+    """Run the prompt alone; returns the last position's logits [vocab] and its cache.
+
+    A prompt that starts with `prefix` (and is longer) is always computed as prefix + rest, reusing
+    the prefix's cache; the split depends only on the prompt, so results stay bit-reproducible.
+    """
+    ids = list(input_ids)
+    n = len(prefix.ids) if prefix else 0
+    usable = prefix is not None and len(ids) > n and tuple(ids[:n]) == prefix.ids
+    return _forward_prompt(model, ids, prefix if usable else None)
+
+
+def _forward_prompt(model: Any, ids: list[int], prefix: Prefix | None) -> tuple[torch.Tensor, KV]:
+    start = len(prefix.ids) if prefix else 0
+    cache: DynamicCache = _cache_from(prefix.kv) if prefix else DynamicCache()
+    new = torch.tensor([ids[start:]], dtype=torch.long)
     out = model(
-        input_ids=ids,
-        attention_mask=torch.ones_like(ids),
-        position_ids=torch.arange(ids.shape[1]).unsqueeze(0),
+        input_ids=new,
+        attention_mask=torch.ones((1, len(ids)), dtype=torch.long),
+        position_ids=torch.arange(start, len(ids)).unsqueeze(0),
         past_key_values=cache,
         use_cache=True,
         logits_to_keep=1,
@@ -46,10 +99,50 @@ def _layers(cache: Any) -> KV:
     return [(layer.keys, layer.values) for layer in cache.layers]
 
 
+class _BufferLayer(DynamicLayer):
+    """A DynamicLayer that appends into spare room of a preallocated buffer.
+
+    DynamicLayer concatenates (copies the whole layer) on every step; this writes one column and
+    hands out views, reallocating only every `_SPARE` steps.
+    """
+
+    _SPARE = 64
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        super().__init__()
+        self.dtype, self.device = keys.dtype, keys.device
+        self.is_initialized = True
+        self._length = 0
+        self._kbuf = keys.new_empty((*keys.shape[:-2], 0, keys.shape[-1]))
+        self._vbuf = values.new_empty((*values.shape[:-2], 0, values.shape[-1]))
+        self.update(keys, values)
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        end = self._length + key_states.shape[-2]
+        if end > self._kbuf.shape[-2]:
+            self._kbuf = self._grow(self._kbuf, end + self._SPARE)
+            self._vbuf = self._grow(self._vbuf, end + self._SPARE)
+        self._kbuf[:, :, self._length : end] = key_states
+        self._vbuf[:, :, self._length : end] = value_states
+        self._length = end
+        self.keys = self._kbuf[:, :, :end]
+        self.values = self._vbuf[:, :, :end]
+        return self.keys, self.values
+
+    def _grow(self, buf: torch.Tensor, capacity: int) -> torch.Tensor:
+        bigger = buf.new_empty((*buf.shape[:-2], capacity, buf.shape[-1]))
+        bigger[:, :, : self._length] = buf[:, :, : self._length]
+        return bigger
+
+    def get_seq_length(self) -> int:
+        return self._length
+
+
 def _cache_from(kv: KV) -> DynamicCache:
     cache = DynamicCache()
-    for idx, (keys, values) in enumerate(kv):
-        cache.update(keys, values, idx)
+    cache.layers = [_BufferLayer(keys, values) for keys, values in kv]
     return cache
 
 

