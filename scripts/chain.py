@@ -16,13 +16,15 @@ import subprocess
 from collections.abc import Iterable
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlparse
 
-from eth_abi import decode
+from eth_abi.abi import decode
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
-from eth_utils import keccak, to_checksum_address
+from eth_typing import ChecksumAddress
+from eth_utils.address import to_checksum_address
+from eth_utils.crypto import keccak
 from web3 import Web3
 from web3.exceptions import ContractCustomError, ContractLogicError, Web3Exception
 from web3.logs import DISCARD
@@ -110,7 +112,7 @@ def checksum(address: str | None, what: str) -> str:
 def require_code(w3: Web3, address: str, what: str) -> str:
     """Checksummed `address` after checking a contract is deployed there."""
     addr = checksum(address, what)
-    if len(w3.eth.get_code(addr)) == 0:  # type: ignore[arg-type]
+    if len(w3.eth.get_code(cast(ChecksumAddress, addr))) == 0:
         raise ChainError(
             f"no contract at {what} address {addr} on chain {w3.eth.chain_id}: "
             "wrong address, or the RPC URL points at another network"
@@ -121,7 +123,7 @@ def require_code(w3: Web3, address: str, what: str) -> str:
 def resolve_coordinator(w3: Web3, registry: str) -> str:
     """The Coordinator address an Infernet Registry points to."""
     reg_addr = require_code(w3, registry, "registry")
-    reg = w3.eth.contract(address=reg_addr, abi=load_artifact("IRegistry")["abi"])  # type: ignore[arg-type]
+    reg = contract(w3, "IRegistry", reg_addr)
     try:
         coordinator = str(reg.functions.COORDINATOR().call())
     except (ContractLogicError, Web3Exception, ValueError) as exc:
@@ -133,12 +135,12 @@ def resolve_coordinator(w3: Web3, registry: str) -> str:
 
 def contract(w3: Web3, name: str, address: str) -> Any:
     """A web3 contract object for artifact `name` at `address`."""
-    return w3.eth.contract(address=address, abi=load_artifact(name)["abi"])  # type: ignore[arg-type]
+    return w3.eth.contract(address=cast(ChecksumAddress, address), abi=load_artifact(name)["abi"])
 
 
 def has_function(w3: Web3, address: str, signature: str) -> bool:
     """Whether the code at `address` dispatches `signature`, e.g. "promptLLM(string)"."""
-    return keccak(text=signature)[:4] in bytes(w3.eth.get_code(address))  # type: ignore[arg-type]
+    return keccak(text=signature)[:4] in bytes(w3.eth.get_code(cast(ChecksumAddress, address)))
 
 
 @cache
@@ -153,8 +155,10 @@ def _error_table() -> dict[bytes, tuple[str, list[str]]]:
     return table
 
 
-def describe_revert(data: str | bytes | None) -> str:
+def describe_revert(data: object) -> str:
     """A custom error's name and arguments from raw revert data, e.g. 'NotCoordinator()'."""
+    if not isinstance(data, str | bytes):
+        data = None
     raw = bytes.fromhex(data[2:] if data.startswith("0x") else data) if isinstance(data, str) else data
     if not raw:
         return "reverted without a reason (no such function, or a failed decode)"

@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from eth_abi import encode
+from eth_abi.abi import encode
 from eth_account.messages import encode_typed_data
 from eth_account.signers.local import LocalAccount
-from eth_utils import keccak
+from eth_utils.crypto import keccak
 
 import chain
 

@@ -15,9 +15,9 @@ import argparse
 import sys
 from dataclasses import dataclass
 
-from eth_abi import encode
+from eth_abi.abi import encode
 from eth_account.signers.local import LocalAccount
-from eth_utils import keccak
+from eth_utils.crypto import keccak
 from web3 import Web3
 
 import chain
