@@ -39,6 +39,19 @@ def test_prompt_creates_callback_subscription(stack: Stack, accounts: Accounts) 
     assert decode(["string"], inputs) == ("Is the sky blue?",)
 
 
+def test_chat_with_llm_takes_exactly_abi_encoded_string(stack: Stack, accounts: Accounts) -> None:
+    inputs = encode(["string"], ["Is the sky blue? ✓"])
+    call = stack.prompter.functions.chatWithLLM(inputs)
+    receipt = chain.transact(stack.w3, accounts.stranger, call, "chatWithLLM")
+    (ev,) = chain.events(stack.prompter.events.PromptRequested, receipt)
+    assert ev["prompt"] == "Is the sky blue? ✓"
+    fn = stack.prompter.functions
+    assert fn.getContainerInputs(ev["subscriptionId"], 1, 0, accounts.node.address).call() == inputs
+    for bad in (encode(["string", "string"], ["a", "{}"]), inputs + b"\0" * 32, b"", b"\x01" * 64):
+        with pytest.raises(chain.ChainError, match=r"MalformedInputs\(\)"):
+            chain.transact(stack.w3, accounts.stranger, fn.chatWithLLM(bad), "chatWithLLM")
+
+
 def test_delivery_stores_answer_and_emits_event(stack: Stack, accounts: Accounts) -> None:
     sub_id = prompt_subscription(stack, accounts.stranger, "hello")
     receipt = stack.deliver(accounts.node, sub_id, 1, container_result("Hi there."))

@@ -29,6 +29,9 @@ contract LLMPrompter is CallbackConsumer, Delegator, AnswerBook {
     /// @notice Redundancy must be at least 1.
     error InvalidRedundancy();
 
+    /// @notice `chatWithLLM` inputs are not the canonical `abi.encode(string)`.
+    error MalformedInputs();
+
     /// @param registry Infernet Registry (resolves the Coordinator)
     /// @param containerId_ container id(s) as configured on the node, e.g. "tgi_client_inference_service"
     /// @param signer EOA allowed to sign delegated subscriptions for this contract
@@ -60,9 +63,16 @@ contract LLMPrompter is CallbackConsumer, Delegator, AnswerBook {
         return _prompt(prompt, abi.encode(prompt, parametersJson), 1);
     }
 
-    /// @notice The seed's interface: `inputs` must be `abi.encode(string prompt)`.
+    /// @notice The seed's interface: `inputs` must be exactly `abi.encode(string prompt)`.
     function chatWithLLM(bytes calldata inputs) external returns (uint32) {
+        if (inputs.length < 64 || uint256(bytes32(inputs[0:32])) != 0x20) {
+            revert MalformedInputs();
+        }
         string memory prompt = abi.decode(inputs, (string));
+        // Re-encoding catches trailing bytes and non-canonical padding the container would refuse.
+        if (keccak256(abi.encode(prompt)) != keccak256(inputs)) {
+            revert MalformedInputs();
+        }
         return _prompt(prompt, inputs, 1);
     }
 
