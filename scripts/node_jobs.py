@@ -129,6 +129,18 @@ def stream(
     return job_id
 
 
+def stream_failure(client: httpx.Client, node_url: str, job_id: str) -> str | None:
+    """The node's error for a failed stream job, or None (succeeded, still running, or unknown)."""
+    try:
+        resp = client.get(node_url.rstrip("/") + "/api/jobs", params={"id": job_id})
+        jobs = resp.json() if resp.status_code == 200 else []
+    except (httpx.HTTPError, ValueError):
+        return None
+    if jobs and jobs[0].get("status") == "failed":
+        return str((jobs[0].get("result") or {}).get("error") or "no error message")
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("mode", choices=["offchain", "stream"])
@@ -151,6 +163,12 @@ def main(argv: list[str] | None = None) -> int:
         try:
             if args.mode == "stream":
                 job_id = stream(client, args.node_url, request, sys.stdout, args.timeout)
+                # A container error reaches a stream caller only as an empty 200; the job record
+                # says what happened.
+                failure = stream_failure(client, args.node_url, job_id)
+                if failure:
+                    print(f"error: stream job {job_id} failed: {failure}", file=sys.stderr)
+                    return 1
                 print(f"\n[stream job {job_id} done]", file=sys.stderr)
                 return 0
             job_id = submit(client, args.node_url, request)

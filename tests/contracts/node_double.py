@@ -181,15 +181,25 @@ def _handler(node: NodeDouble) -> type[BaseHTTPRequestHandler]:
         def _stream(self, job_id: str, container: str, data: Any) -> None:
             body = {"source": 1, "destination": 2, "data": data}
             url = node.containers[container] + "/service_output"
+            node.jobs[job_id] = {"id": job_id, "status": "running", "result": None}
             self.send_response(200)
             self.end_headers()
             self.wfile.write(f"{job_id}\n".encode())
             self.wfile.flush()
+            received = b""
             with httpx.stream("POST", url, json=body, timeout=60) as resp:
                 if resp.status_code // 100 != 2:
-                    return  # the caller gets only the id line; the job is failed
+                    # The caller gets only the id line; the job is failed with aiohttp's wording.
+                    error = f"{resp.status_code}, message='{resp.reason_phrase}', url='{url}'"
+                    node.jobs[job_id].update(
+                        status="failed", result={"container": container, "error": error}
+                    )
+                    return
                 for chunk in resp.iter_raw():
+                    received += chunk
                     self.wfile.write(chunk)
                     self.wfile.flush()
+            output = {"output": received.decode("utf-8", errors="replace")}
+            node.jobs[job_id].update(status="success", result={"container": container, "output": output})
 
     return Handler

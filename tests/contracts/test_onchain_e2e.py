@@ -163,6 +163,8 @@ def test_offchain_and_stream_jobs_through_node(
     with httpx.Client(timeout=10) as client:
         job_id = node_jobs.stream(client, node_url, node_jobs.job_request(CID, "Hello node", None), out, 60)
     assert job_id and out.getvalue() == direct
+    assert node_jobs.main(["stream", "--node-url", node_url, "--prompt", "Hello node"]) == 0
+    assert capsys.readouterr().out == direct
     rc = node_jobs.main(["offchain", "--node-url", node_url, "--prompt", "x", "--container", "nope"])
     assert rc == 2
     assert "Container not supported" in capsys.readouterr().err
@@ -175,10 +177,13 @@ def test_offchain_container_error_is_reported(
     url = node.start()
     try:
         rc = node_jobs.main(["offchain", "--node-url", url, "--prompt", "hello"])
+        assert rc == 1
+        assert "container error 5" in capsys.readouterr().err
+        rc = node_jobs.main(["stream", "--node-url", url, "--prompt", "hello"])
+        assert rc == 1
+        assert "failed: 5" in capsys.readouterr().err
     finally:
         node.stop()
-    assert rc == 1
-    assert "container error 5" in capsys.readouterr().err
 
 
 def test_delegated_subscription_end_to_end(
