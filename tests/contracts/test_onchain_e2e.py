@@ -86,7 +86,15 @@ def test_prompt_with_parameters_reaches_the_container(
     short = container_text(result)
     full = container_text(onchain_job(container_url, encode(["string"], ["Count:"]).hex()))
     assert stored(stack.prompter, sub_id) == [short]
-    assert len(short) < len(full) and full.startswith(short)
+    # The parameters took effect: the same request off-chain gives the same 2-token text.
+    offchain = httpx.post(
+        container_url + "/service_output",
+        json={"source": 1, "destination": 1, "requires_proof": False,
+              "data": {"text": "Count:", "parameters": {"max_new_tokens": 2}}},
+        timeout=60,
+    ).json()
+    assert offchain["output"] == short
+    assert short != full
 
 
 def test_container_error_is_not_delivered(
