@@ -129,7 +129,7 @@ async def serve(
     sock = socket.create_server((settings.hostname, settings.port), family=family)
     port = int(sock.getsockname()[1])
     config = Config()
-    config.bind = [f"fd://{sock.fileno()}"]
+    config.bind = [f"fd://{sock.detach()}"]  # hypercorn owns and closes the descriptor now
     config.accesslog = None
     config.loglevel = "WARNING"
     config.graceful_timeout = 3.0
@@ -143,10 +143,7 @@ async def serve(
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-    try:
-        await hypercorn_serve(app, config, shutdown_trigger=stop.wait)
-    finally:
-        sock.close()
+    await hypercorn_serve(app, config, shutdown_trigger=stop.wait)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

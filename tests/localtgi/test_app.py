@@ -264,7 +264,12 @@ async def test_overloaded_and_disconnect(limited: RunningServer) -> None:
             lines = stream.aiter_lines()
             first = await anext(lines)
             assert first.startswith("data:{")
-            assert state.engine.active == 1 and state.inference.permits.taken == 1
+            assert state.inference.permits.taken == 1
+            # The engine emits the first token during prefill, just before the row joins the batch.
+            joined_by = time.monotonic() + 1.0
+            while state.engine.active != 1:  # noqa: ASYNC110 - polling another thread's state
+                assert time.monotonic() < joined_by
+                await asyncio.sleep(0.005)
             r = await c.post("/generate", json={"inputs": "Hi", "parameters": {}})
             assert r.status_code == 429 and "retry-after" not in r.headers
             assert r.json() == {"error": "Model is overloaded", "error_type": "overloaded"}

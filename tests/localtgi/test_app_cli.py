@@ -1,0 +1,50 @@
+"""The launcher as users run it: `python -m localtgi` in a subprocess."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+
+import httpx
+
+
+def launch(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "localtgi", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_serves_until_ctrl_c() -> None:
+    with launch("--model-id", "tiny", "--port", "0", "--num-threads", "1",
+                "--max-concurrent-requests", "7") as proc:
+        assert proc.stdout is not None
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("localtgi ready"):
+                break
+        ready = re.fullmatch(r"localtgi ready: model tiny on (http://127\.0\.0\.1:\d+)\n", lines[-1])
+        assert ready, lines
+        assert lines[0] == "localtgi: loading model 'tiny'\n"
+        url = ready.group(1)
+        assert httpx.get(f"{url}/health", timeout=10).status_code == 200
+        assert httpx.get(f"{url}/info", timeout=10).json()["max_concurrent_requests"] == 7
+        proc.send_signal(signal.SIGINT)  # Ctrl-C: graceful shutdown, exit status 0
+        out, _ = proc.communicate(timeout=15)
+        assert proc.returncode == 0 and out == "localtgi: stopped\n"
+
+
+def test_bad_model_and_bad_flags_exit_non_zero() -> None:
+    with launch("--model-id", "/nonexistent/model/dir") as proc:
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1
+    assert "localtgi: error: model path '/nonexistent/model/dir' does not exist" in err
+    with launch("--max-input-tokens", "100", "--max-total-tokens", "50") as proc:
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2
+    assert "`max_input_tokens` must be < `max_total_tokens`. Given: 100 and 50" in err
