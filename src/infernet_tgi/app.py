@@ -38,6 +38,8 @@ from .metrics import Metrics
 from .protocol import OffchainResult, OnchainResult, Usage
 from .retry import Sleep
 from .upstream.base import StreamDelta, Upstream
+from .upstream.transport import PooledTransport
+from .upstream.factory import build_upstream
 from .workflow import TGIClientInferenceWorkflow
 
 log = logging.getLogger("infernet_tgi")
@@ -67,17 +69,14 @@ def create_app(settings: Settings, *, sleep: Sleep | None = None, upstream: Upst
             timeout=httpx.Timeout(settings.timeout),
             headers=settings.upstream_headers(),
             cookies=dict(settings.cookies),
-            limits=httpx.Limits(
-                max_connections=settings.max_connections,
-                max_keepalive_connections=settings.max_connections,
-            ),
+            transport=PooledTransport(max_connections=settings.max_connections),
         )
         workflow = TGIClientInferenceWorkflow(
             settings.server_url,
             settings.timeout,
             retry_params=settings.retry,
             http_client=client,
-            upstream=upstream,
+            upstream=upstream if upstream is not None else build_upstream(settings, client),
             metrics=metrics,
             sleep=sleep,
             **settings.defaults.tgi_json(),
@@ -88,6 +87,9 @@ def create_app(settings: Settings, *, sleep: Sleep | None = None, upstream: Upst
             yield
         finally:
             runtime.client = runtime.workflow = None
+            close = getattr(workflow.upstream, "aclose", None)
+            if close is not None:
+                await close()  # the pool's background health checks
             await client.aclose()
 
     def workflow() -> TGIClientInferenceWorkflow:

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 
+from .chat import ChatTemplate
 from .errors import ConfigError
 from .protocol import GenerationParameters
 from .retry import RetryParams
@@ -28,6 +29,9 @@ from .retry import RetryParams
 POSITIONAL = "TGI_INF_WORKFLOW_POSITIONAL_ARGS"
 KEYWORDS = "TGI_INF_WORKFLOW_KW_ARGS"
 _CONSTRUCTOR_KEYS = ("server_url", "timeout", "headers", "cookies")
+KINDS = ("tgi", "openai", "runpod", "vast", "datacrunch")
+RUNPOD_API = "https://api.runpod.ai/v2/"
+VAST_ROUTER = "https://run.vast.ai"
 
 
 @dataclass(frozen=True)
@@ -52,12 +56,30 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 3000
     log_level: str = "INFO"
+    upstream_kind: str = "tgi"
+    upstream_urls: tuple[str, ...] = ()
+    api_key: str | None = None
+    model: str | None = None
+    openai_flavor: str = "auto"
+    vllm_structured: str = "auto"
+    chat_template: ChatTemplate | None = None
+    vast_endpoint: str | None = None
+    vast_cost: float | None = None
+    poll_interval: float = 0.5
+    health_interval: float = 5.0
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        """The upstream base URLs: TGI_INF_UPSTREAM_URLS, else the positional server_url."""
+        return self.upstream_urls or (self.server_url,)
 
     def upstream_headers(self) -> dict[str, str]:
-        """Headers for every upstream call; the token wins over a configured Authorization."""
+        """Headers for every upstream call; the token (or, except for Vast, whose key goes in the
+        route request, the API key) wins over a configured Authorization."""
         headers = dict(self.headers)
-        if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
+        key = self.api_key if self.upstream_kind != "vast" else None
+        if key or self.token:
+            headers["Authorization"] = f"Bearer {key or self.token}"
         return headers
 
     @classmethod
@@ -107,6 +129,7 @@ class Settings:
         ):
             if name in env:
                 values[attr] = _positive(_number(env[name], name), name)
+        values.update(_upstream(env))
         settings = cls(**values)
         ceiling = settings.max_new_tokens_limit
         if defaults.max_new_tokens is not None and defaults.max_new_tokens > ceiling:
@@ -115,6 +138,59 @@ class Settings:
                 f"TGI_INF_MAX_NEW_TOKENS ({ceiling})"
             )
         return settings
+
+
+def _upstream(env: Mapping[str, str]) -> dict[str, Any]:
+    """The TGI_INF_* settings that choose and reach the upstream engine."""
+    kind = _choice(env, "TGI_INF_UPSTREAM_KIND", KINDS)
+    values: dict[str, Any] = {
+        "upstream_kind": kind,
+        "api_key": env.get("TGI_INF_API_KEY") or None,
+        "model": env.get("TGI_INF_MODEL") or None,
+        "openai_flavor": _choice(env, "TGI_INF_OPENAI_FLAVOR", ("auto", "vllm", "tgi")),
+        "vllm_structured": _choice(
+            env, "TGI_INF_VLLM_STRUCTURED", ("auto", "structured_outputs", "guided")
+        ),
+        "vast_endpoint": env.get("TGI_INF_VAST_ENDPOINT") or None,
+    }
+    urls = [u.strip() for u in env.get("TGI_INF_UPSTREAM_URLS", "").split(",") if u.strip()]
+    runpod_endpoint = env.get("TGI_INF_RUNPOD_ENDPOINT", "").strip()
+    if not urls and kind == "runpod" and runpod_endpoint:
+        urls = [RUNPOD_API + runpod_endpoint]
+    if not urls and kind == "vast":
+        urls = [VAST_ROUTER]
+    for url in urls:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"TGI_INF_UPSTREAM_URLS: {url!r} is not an http(s) URL")
+    values["upstream_urls"] = tuple(u.rstrip("/") for u in urls)
+    if env.get("TGI_INF_CHAT_TEMPLATE", "").strip():
+        values["chat_template"] = ChatTemplate.load(env["TGI_INF_CHAT_TEMPLATE"])
+    for name, attr in (
+        ("TGI_INF_POLL_INTERVAL", "poll_interval"),
+        ("TGI_INF_HEALTH_INTERVAL", "health_interval"),
+        ("TGI_INF_VAST_COST", "vast_cost"),
+    ):
+        if env.get(name, "").strip():
+            values[attr] = _positive(_number(env[name], name), name)
+    needs = {
+        "runpod": [("TGI_INF_MODEL", values["model"])],
+        "datacrunch": [("TGI_INF_MODEL", values["model"])],
+        "vast": [("TGI_INF_VAST_ENDPOINT", values["vast_endpoint"])],
+    }.get(kind, [])
+    if kind == "runpod" and not urls:
+        needs.append(("TGI_INF_RUNPOD_ENDPOINT (or TGI_INF_UPSTREAM_URLS)", None))
+    for name, value in needs:
+        if value is None:
+            raise ConfigError(f"{name} is required when TGI_INF_UPSTREAM_KIND={kind}")
+    return values
+
+
+def _choice(env: Mapping[str, str], name: str, allowed: tuple[str, ...]) -> str:
+    value = env.get(name, "").strip().lower() or allowed[0]
+    if value not in allowed:
+        raise ConfigError(f"{name}: expected one of {', '.join(allowed)}, got {env[name]!r}")
+    return value
 
 
 def _constructor_args(env: Mapping[str, str]) -> dict[str, Any]:

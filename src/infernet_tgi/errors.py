@@ -9,6 +9,7 @@
     │   ├── UnauthorizedError         401 the bearer token is missing or wrong
     │   ├── PayloadTooLargeError      413 the body or the prompt is over the operator's limit
     │   └── ParameterError            422 a generation parameter breaks TGI's rules (TGI's message)
+    ├── ConstraintViolationError      502 the answer breaks the job's response_pool/json_format/grammar
     └── UpstreamError                 the backend failed; `retryable` says whether to try again
         ├── UpstreamValidationError   422 the backend rejected the request (its message kept)
         ├── UpstreamGenerationError   424 the backend failed while generating
@@ -85,6 +86,13 @@ class ParameterError(JobError):
     """Raised when a generation parameter breaks TGI's rules, with TGI's own message."""
 
     status = 422
+
+
+class ConstraintViolationError(InfernetTGIError):
+    """Raised when an answer is not in the job's response_pool, or is not JSON matching its
+    json_format/grammar: the upstream ignored the constraint, or the answer was cut short."""
+
+    status = 502
 
 
 class UpstreamError(InfernetTGIError):

@@ -7,6 +7,7 @@ result shape is chosen by `destination`. Pydantic errors are translated here.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +15,7 @@ from pydantic import ValidationError
 
 from . import onchain
 from .config import Settings
+from .constraints import Constraint
 from .errors import (
     BadJobError,
     ParameterError,
@@ -27,6 +29,7 @@ from .protocol import (
     GenerationParameters,
     InfernetInput,
     OffchainData,
+    OutputConstraints,
 )
 from .upstream.base import GenerationRequest
 
@@ -66,26 +69,55 @@ def parse_job(body: Any, settings: Settings) -> Job:
         if not isinstance(job.data, str):
             raise BadJobError("on-chain job data must be a hex string, got an object")
         prompt, raw_parameters = onchain.decode_input(job.data)
+        messages = None
         raw_input = job.data
     else:
         if not isinstance(job.data, dict):
             raise BadJobError('off-chain job data must be an object such as {"text": "..."}, got a string')
-        prompt, raw_parameters = _offchain(job.data)
+        prompt, messages, raw_parameters = _offchain(job.data)
         # A delegated subscription (off-chain data, on-chain answer) gets its prompt ABI-encoded as
-        # raw_input, so the consumer can tell which question an answer belongs to.
-        raw_input = onchain.encode_text(prompt) if job.destination == ONCHAIN else ""
-    if len(prompt) > settings.max_prompt_chars:
+        # raw_input, so the consumer can tell which question an answer belongs to (a chat: its JSON).
+        asked = prompt if messages is None else json.dumps(messages, ensure_ascii=False)
+        raw_input = onchain.encode_text(asked) if job.destination == ONCHAIN else ""
+    size = len(prompt) if messages is None else sum(len(m["content"]) for m in messages)
+    if size > settings.max_prompt_chars:
         raise PayloadTooLargeError(
-            f"prompt is {len(prompt)} characters; this container accepts at most "
+            f"prompt is {size} characters; this container accepts at most "
             f"{settings.max_prompt_chars} (TGI_INF_MAX_PROMPT_CHARS)"
         )
-    parameters = merge_parameters(settings, raw_parameters, streaming=job.destination == STREAM)
+    overrides, wanted = split_constraints(raw_parameters)
+    parameters = merge_parameters(settings, overrides, streaming=job.destination == STREAM)
+    constraint = Constraint.from_parameters(
+        response_pool=wanted.response_pool,
+        json_format=wanted.json_format,
+        json_format_is_json_schema=wanted.json_format_is_json_schema,
+        grammar=parameters.pop("grammar", None),
+    )
     return Job(
         source=job.source,
         destination=job.destination,
-        request=GenerationRequest(prompt=prompt, parameters=parameters),
+        request=GenerationRequest(
+            prompt=prompt,
+            parameters=parameters,
+            messages=None if messages is None else tuple(messages),
+            constraint=constraint,
+        ),
         raw_input=raw_input,
     )
+
+
+def split_constraints(
+    parameters: dict[str, Any] | None,
+) -> tuple[dict[str, Any] | None, OutputConstraints]:
+    """Our constraint keys (`response_pool`, `json_format`, ...) apart from TGI's parameters."""
+    if not parameters:
+        return parameters, OutputConstraints()
+    ours = {k: v for k, v in parameters.items() if k in OutputConstraints.NAMES}
+    try:
+        wanted = OutputConstraints.model_validate(ours)
+    except ValidationError as exc:
+        raise ParameterError(TGI_PREFIX + _describe(exc)) from exc
+    return {k: v for k, v in parameters.items() if k not in OutputConstraints.NAMES}, wanted
 
 
 def merge_parameters(
@@ -111,17 +143,24 @@ def merge_parameters(
     return parameters.tgi_json()
 
 
-def _offchain(data: dict[str, Any]) -> tuple[str, dict[str, Any] | None]:
+def _offchain(
+    data: dict[str, Any],
+) -> tuple[str, list[dict[str, str]] | None, dict[str, Any] | None]:
     try:
         parsed = OffchainData.model_validate(data)
     except ValidationError as exc:
         raise BadJobError(f"off-chain data: {_describe(exc)}") from exc
+    if parsed.messages is not None:
+        if parsed.text is not None or parsed.prompt is not None:
+            raise BadJobError('off-chain data: give "messages" or "text"/"prompt", not both')
+        return "", [m.plain() for m in parsed.messages], parsed.parameters
     prompt = parsed.the_prompt()
     if prompt is None:
         raise BadJobError(
-            f'off-chain data needs the prompt under "text" (or "prompt"); got keys {sorted(data) or "none"}'
+            'off-chain data needs the prompt under "text" (or "prompt"), or a chat under "messages"; '
+            f"got keys {sorted(data) or 'none'}"
         )
-    return prompt, parsed.parameters
+    return prompt, None, parsed.parameters
 
 
 def _describe(exc: ValidationError) -> str:

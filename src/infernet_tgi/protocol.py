@@ -6,7 +6,7 @@ Use these to parse and validate untrusted JSON. They hold no serving logic; `job
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
@@ -128,15 +128,54 @@ class GenerationParameters(BaseModel):
         return self.model_dump(exclude_none=True, by_alias=False)
 
 
+class OutputConstraints(BaseModel):
+    """Our constrained-output parameters, given beside TGI's in `parameters` (happy_vllm's names):
+    `response_pool` (the answer is exactly one of these strings), `json_format` (a simple
+    field->type map, or a JSON schema when `json_format_is_json_schema`)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    response_pool: list[StrictStr] | None = Field(default=None, max_length=1024)
+    json_format: dict[str, Any] | None = None
+    json_format_is_json_schema: StrictBool | None = None
+
+    NAMES: ClassVar[tuple[str, ...]] = ("response_pool", "json_format", "json_format_is_json_schema")
+
+
+class TextPart(BaseModel):
+    """An OpenAI content part; only text is accepted (no image inputs)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["text"]
+    text: StrictStr
+
+
+class ChatMessage(BaseModel):
+    """One chat turn: `role` and `content` (a string or a list of text parts)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    role: StrictStr = Field(min_length=1)
+    content: StrictStr | list[TextPart]
+
+    def plain(self) -> dict[str, str]:
+        content = self.content
+        text = content if isinstance(content, str) else "".join(p.text for p in content)
+        return {"role": self.role, "content": text}
+
+
 class OffchainData(BaseModel):
     """Off-chain `data`: the prompt under `text` (the seed's key), `prompt`, or `output` (the previous
-    container's result in a chain), plus optional TGI `parameters`. Other keys are ignored."""
+    container's result in a chain), or a chat under `messages`, plus optional TGI `parameters`
+    (and our `OutputConstraints` beside them). Other keys are ignored."""
 
     model_config = ConfigDict(extra="ignore")
 
     text: StrictStr | None = None
     prompt: StrictStr | None = None
     output: StrictStr | None = None
+    messages: list[ChatMessage] | None = Field(default=None, min_length=1)
     parameters: dict[str, Any] | None = None
 
     def the_prompt(self) -> str | None:

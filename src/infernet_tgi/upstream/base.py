@@ -10,13 +10,21 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from ..constraints import Constraint
+
 
 @dataclass(frozen=True)
 class GenerationRequest:
-    """One generation: the prompt and the TGI-named parameters to send (unset ones left out)."""
+    """One generation: the prompt and the TGI-named parameters to send (unset ones left out).
+
+    A chat job has `messages` (`{"role", "content": str}` each; `prompt` is then ""), which go to the
+    upstream's chat route or through the configured chat template. `constraint` is what the answer
+    must be (response_pool / json_format / grammar); clients translate it for their protocol."""
 
     prompt: str
     parameters: dict[str, Any] = field(default_factory=dict)
+    messages: tuple[dict[str, str], ...] | None = None
+    constraint: Constraint | None = None
 
 
 @dataclass(frozen=True)

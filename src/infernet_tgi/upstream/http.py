@@ -143,6 +143,10 @@ def _status_in(payload: dict[str, Any]) -> int | None:
             value = error.get(key)
             if isinstance(value, int):
                 return value
+    # vLLM before 0.10.1: a flat {"object": "error", "message", "type", "code"}
+    code = payload.get("code")
+    if payload.get("object") == "error" and isinstance(code, int):
+        return code
     return None
 
 

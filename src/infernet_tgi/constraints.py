@@ -1,0 +1,203 @@
+"""Constrained output: a job's `response_pool`, `json_format` or TGI `grammar`, per protocol.
+
+Use `Constraint.from_parameters` once per job (jobs does), the `*_for_*` translators in the upstream
+clients, and `check` on every answer before it leaves the container: an upstream that ignored the
+constraint (vLLM >= 0.12 drops `guided_*` silently, Vast's worker forwards only `max_new_tokens`) gives
+a `ConstraintViolationError`, never unconstrained text.
+
+    response_pool      -> TGI regex `(a|b)`      vLLM choice          TGI chat response_format regex
+    json_format        -> TGI json <schema>      vLLM json <schema>   TGI chat response_format json
+    grammar (regex)    -> TGI regex              vLLM regex           TGI chat response_format regex
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
+
+from .errors import ConstraintViolationError, ParameterError
+from .protocol import TGI_PREFIX
+
+Kind = Literal["choice", "json", "regex"]
+_SIMPLE_TYPES = ("string", "integer", "boolean", "number")
+# Characters with a meaning in the regex dialects of TGI (outlines, llguidance) and Python.
+_META = set("\\.^$|?*+()[]{}")
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """What the answer must be: one of `choices`, JSON matching `schema`, or a `pattern` match."""
+
+    kind: Kind
+    choices: tuple[str, ...] = ()
+    schema: dict[str, Any] | None = None
+    pattern: str | None = None
+
+    @classmethod
+    def from_parameters(
+        cls,
+        *,
+        response_pool: list[str] | None = None,
+        json_format: dict[str, Any] | None = None,
+        json_format_is_json_schema: bool | None = None,
+        grammar: dict[str, Any] | None = None,
+    ) -> Constraint | None:
+        """The job's constraint, or None; raises `ParameterError` for contradicting or bad ones."""
+        given = [
+            name
+            for name, value in (
+                ("response_pool", response_pool),
+                ("json_format", json_format),
+                ("grammar", grammar),
+            )
+            if value is not None
+        ]
+        if len(given) > 1:
+            raise ParameterError(
+                f"{TGI_PREFIX}{' and '.join(f'`{n}`' for n in given)} are incompatible: give one"
+            )
+        if json_format_is_json_schema and json_format is None:
+            raise ParameterError(f"{TGI_PREFIX}`json_format_is_json_schema` needs `json_format`")
+        if response_pool is not None:
+            if not response_pool:
+                raise ParameterError(f"{TGI_PREFIX}`response_pool` must not be empty")
+            return cls("choice", choices=tuple(dict.fromkeys(response_pool)))
+        if json_format is not None:
+            schema = json_format if json_format_is_json_schema else simple_json_schema(json_format)
+            return cls("json", schema=_checked_schema(schema, "json_format"))
+        if grammar is not None:
+            return from_grammar(grammar)
+        return None
+
+    def describe(self) -> str:
+        if self.kind == "choice":
+            return f"one of {list(self.choices)}"
+        if self.kind == "json":
+            return "JSON matching the job's schema"
+        return f"a match of the regex {self.pattern!r}"
+
+
+def from_grammar(grammar: dict[str, Any]) -> Constraint:
+    """TGI's `grammar` object (`json`/`json_object`/`json_schema`/`regex`) as a constraint."""
+    kind, value = grammar.get("type"), grammar.get("value")
+    if kind == "regex":
+        if not isinstance(value, str) or not value:
+            raise ParameterError(f"{TGI_PREFIX}a regex `grammar` needs a non-empty string value")
+        return Constraint("regex", pattern=value)
+    if kind == "json_schema":
+        if not isinstance(value, dict) or not isinstance(value.get("schema"), dict):
+            raise ParameterError(f'{TGI_PREFIX}a json_schema `grammar` needs {{"schema": {{...}}}}')
+        return Constraint("json", schema=_checked_schema(value["schema"], "grammar"))
+    if kind in ("json", "json_object"):
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError as exc:
+                raise ParameterError(f"{TGI_PREFIX}`grammar` value is not JSON: {exc}") from exc
+        if not isinstance(value, dict):
+            raise ParameterError(f"{TGI_PREFIX}a json `grammar` needs a JSON schema object")
+        return Constraint("json", schema=_checked_schema(value, "grammar"))
+    raise ParameterError(f"{TGI_PREFIX}unknown `grammar` type {kind!r}")
+
+
+def simple_json_schema(fields: dict[str, Any]) -> dict[str, Any]:
+    """happy_vllm's "simple json" (`{"name": "string", "ages": ["integer"]}`) as a JSON schema in
+    which every key is required; nested objects are allowed as an extension."""
+
+    def of(value: Any, where: str) -> dict[str, Any]:
+        if isinstance(value, str) and value in _SIMPLE_TYPES:
+            return {"type": value}
+        if isinstance(value, list) and len(value) == 1:
+            return {"type": "array", "items": of(value[0], where + "[]")}
+        if isinstance(value, dict) and value:
+            return {
+                "type": "object",
+                "properties": {k: of(v, f"{where}.{k}") for k, v in value.items()},
+                "required": list(value),
+                "additionalProperties": False,
+            }
+        raise ParameterError(
+            f"{TGI_PREFIX}`json_format` field `{where}` must be one of {list(_SIMPLE_TYPES)}, "
+            f"a one-item list of one, or an object (set json_format_is_json_schema for a JSON schema)"
+        )
+
+    if not fields:
+        raise ParameterError(f"{TGI_PREFIX}`json_format` must name at least one field")
+    return of(fields, "json_format")
+
+
+def _checked_schema(schema: dict[str, Any], name: str) -> dict[str, Any]:
+    try:
+        Draft202012Validator.check_schema(schema)
+    except SchemaError as exc:
+        raise ParameterError(f"{TGI_PREFIX}`{name}` is not a valid JSON schema: {exc.message}") from exc
+    return schema
+
+
+def choice_regex(choices: tuple[str, ...]) -> str:
+    """An alternation matching exactly one of `choices`, escaped for TGI's and Python's regexes."""
+    return "(" + "|".join("".join("\\" + c if c in _META else c for c in s) for s in choices) + ")"
+
+
+def tgi_grammar(constraint: Constraint) -> dict[str, Any]:
+    """TGI's `grammar` parameter (also localtgi's, DataCrunch's and TGI chat's `response_format`)."""
+    if constraint.kind == "json":
+        return {"type": "json", "value": constraint.schema}
+    if constraint.kind == "choice":
+        return {"type": "regex", "value": choice_regex(constraint.choices)}
+    return {"type": "regex", "value": constraint.pattern}
+
+
+def vllm_fields(constraint: Constraint, form: Literal["structured_outputs", "guided"]) -> dict[str, Any]:
+    """vLLM's request keys: `structured_outputs` from 0.12, `guided_*` up to 0.11 (ignored later)."""
+    key, value = {
+        "choice": ("choice", list(constraint.choices)),
+        "json": ("json", constraint.schema),
+        "regex": ("regex", constraint.pattern),
+    }[constraint.kind]
+    if form == "guided":
+        return {f"guided_{key}": value}
+    return {"structured_outputs": {key: value}}
+
+
+def check(constraint: Constraint, text: str, *, finish_reason: str | None, where: str) -> str:
+    """The answer when it keeps the constraint (a pool answer with stray whitespace is trimmed);
+    else `ConstraintViolationError` saying why."""
+    if constraint.kind == "choice":
+        for candidate in (text, text.strip()):
+            if candidate in constraint.choices:
+                return candidate
+        return _violated(constraint, text, finish_reason, where, "it is not in the pool")
+    if constraint.kind == "json":
+        try:
+            value = json.loads(text)
+        except ValueError as exc:
+            return _violated(constraint, text, finish_reason, where, f"it is not JSON ({exc})")
+        error = next(iter(Draft202012Validator(constraint.schema or {}).iter_errors(value)), None)
+        if error is not None:
+            path = "/".join(str(p) for p in error.absolute_path) or "the top level"
+            return _violated(constraint, text, finish_reason, where, f"at {path}: {error.message}")
+        return text
+    try:
+        compiled = re.compile(constraint.pattern or "")
+    except re.error:
+        return text  # a pattern only the upstream's regex dialect understands: nothing to compare
+    if compiled.fullmatch(text):
+        return text
+    return _violated(constraint, text, finish_reason, where, "it does not match")
+
+
+def _violated(constraint: Constraint, text: str, finish_reason: str | None, where: str, why: str) -> str:
+    snippet = text if len(text) <= 120 else text[:117] + "..."
+    if finish_reason == "length":
+        hint = "the answer was cut at max_new_tokens (finish_reason length); allow more tokens"
+    else:
+        hint = "the upstream ignored the constraint"
+    raise ConstraintViolationError(
+        f"answer from {where} must be {constraint.describe()}, but {why}: {snippet!r} ({hint})"
+    )

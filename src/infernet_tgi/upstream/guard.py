@@ -1,0 +1,87 @@
+"""The outermost upstream layer: chat templates in, constraint checks out.
+
+Use `Guard` around the configured upstream (the factory does). Before a call, a chat job's messages
+become a prompt when a chat template is configured (`TGI_INF_CHAT_TEMPLATE`), so that the upstream's
+prompt route serves it. After a call, an answer under a constraint is checked: not in the
+`response_pool`, not JSON, or not matching the schema is a `ConstraintViolationError`, never
+unconstrained text. A constrained stream is held back and sent whole once checked, because a stream
+cannot take back text it has already sent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator
+from typing import Any
+
+from ..chat import ChatTemplate
+from ..constraints import check
+from .base import Generation, GenerationRequest, StreamDelta, Upstream
+from .http import redact
+from .openai import constraint_of
+
+
+class Guard:
+    """Wraps `inner`; see the module docstring."""
+
+    def __init__(self, inner: Upstream, *, template: ChatTemplate | None = None) -> None:
+        self.inner = inner
+        self._template = template
+
+    @property
+    def url(self) -> str:
+        return self.inner.url
+
+    def _prepared(self, request: GenerationRequest) -> GenerationRequest:
+        if request.messages is None or self._template is None:
+            return request
+        prompt = self._template.render(request.messages)
+        return dataclasses.replace(request, prompt=prompt, messages=None)
+
+    async def generate(self, request: GenerationRequest) -> Generation:
+        request = self._prepared(request)
+        generation = await self.inner.generate(request)
+        constraint = constraint_of(request)
+        if constraint is None:
+            return generation
+        text = check(
+            constraint,
+            generation.text,
+            finish_reason=generation.finish_reason,
+            where=redact(self.inner.url),
+        )
+        return dataclasses.replace(generation, text=text)
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamDelta]:
+        request = self._prepared(request)
+        constraint = constraint_of(request)
+        events = self.inner.stream(request)
+        try:
+            if constraint is None:
+                async for delta in events:
+                    yield delta
+                return
+            pieces: list[str] = []
+            last = StreamDelta(text="")
+            async for delta in events:
+                pieces.append(delta.text)
+                last = delta
+            text = check(
+                constraint,
+                "".join(pieces),
+                finish_reason=last.finish_reason,
+                where=redact(self.inner.url),
+            )
+            yield dataclasses.replace(last, text=text)
+        finally:
+            close = getattr(events, "aclose", None)
+            if close is not None:
+                await close()
+
+    async def info(self) -> dict[str, Any]:
+        return await self.inner.info()
+
+    async def aclose(self) -> None:
+        close = getattr(self.inner, "aclose", None)
+        if close is not None:
+            await close()

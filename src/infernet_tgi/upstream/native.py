@@ -1,0 +1,96 @@
+"""TGI's native protocol with its Messages API beside it: the default upstream kind.
+
+Use `NativeTGI` for Hugging Face TGI and localtgi (and, with other paths, DataCrunch). Prompt jobs go
+to `/generate` / `/generate_stream` through `TGIUpstream`, with a constraint sent as TGI's `grammar`;
+chat jobs go to TGI's `/v1/chat/completions` (translated by `OpenAIUpstream` in its `tgi` dialect), or
+are refused with a clear error when the server has no chat route (DataCrunch).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+from ..constraints import tgi_grammar
+from ..errors import UpstreamValidationError
+from .base import Generation, GenerationRequest, StreamDelta
+from .http import redact, status_error, transport_error
+from .openai import OpenAIUpstream, constraint_of
+from .tgi import TGIUpstream
+
+
+class NativeTGI:
+    """A TGI-protocol server at `url`: `/generate` for prompts, the Messages API for chats."""
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        url: str,
+        *,
+        generate_path: str = "/generate",
+        stream_path: str = "/generate_stream",
+        extra_body: dict[str, Any] | None = None,
+        chat_route: bool = True,
+        api_key: str | None = None,
+        health_path: str | None = "/health",
+    ) -> None:
+        self._client = client
+        self._tgi = TGIUpstream(
+            client, url, generate_path=generate_path, stream_path=stream_path, extra_body=extra_body
+        )
+        self._chat = (
+            OpenAIUpstream(client, url.rstrip("/") + "/v1", api_key=api_key, flavor="tgi")
+            if chat_route
+            else None
+        )
+        self._health = None if health_path is None else url.rstrip("/") + health_path
+
+    @property
+    def url(self) -> str:
+        return self._tgi.url
+
+    def _native(self, request: GenerationRequest) -> GenerationRequest:
+        if request.messages is not None:
+            raise UpstreamValidationError(
+                f"{redact(self.url)} has no chat route: chat jobs need TGI_INF_CHAT_TEMPLATE "
+                "(e.g. chatml, llama3) so that messages become a prompt"
+            )
+        constraint = constraint_of(request)
+        if constraint is None:
+            return request
+        parameters = {**request.parameters, "grammar": tgi_grammar(constraint)}
+        return dataclasses.replace(request, parameters=parameters)
+
+    async def generate(self, request: GenerationRequest) -> Generation:
+        if request.messages is not None and self._chat is not None:
+            return await self._chat.generate(request)
+        return await self._tgi.generate(self._native(request))
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamDelta]:
+        if request.messages is not None and self._chat is not None:
+            events = self._chat.stream(request)
+        else:
+            events = self._tgi.stream(self._native(request))
+        try:
+            async for delta in events:
+                yield delta
+        finally:
+            await events.aclose()  # type: ignore[attr-defined]
+
+    async def info(self) -> dict[str, Any]:
+        return await self._tgi.info()
+
+    async def health(self) -> None:
+        """Raises unless `GET /health` answers 200 (falls back to `/info` without a health path)."""
+        if self._health is None:
+            await self._tgi.info()
+            return
+        try:
+            response = await self._client.get(self._health)
+        except httpx.HTTPError as exc:
+            raise transport_error(exc, self._health) from exc
+        if response.status_code != 200:
+            raise status_error(response.status_code, response.content, self._health)

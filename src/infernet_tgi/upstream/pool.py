@@ -1,0 +1,186 @@
+"""Several upstream URLs behind one `Upstream`: load spread round-robin, failover, health checks.
+
+Use `UpstreamPool` when `TGI_INF_UPSTREAM_URLS` lists more than one URL (the factory does). Within one
+attempt of the workflow's retry policy, a call goes to the next healthy member; if that member cannot
+be reached or answers 503 (`UpstreamUnavailableError`), it is marked down and the call moves on to the
+next one, and on 429 or a TGI shard error it moves on without marking. A down member is skipped until
+its health check (`health()`, else `info()`) passes again; checks run in the background, at most once
+per `recheck_interval`. When every member is down, all are tried anyway: a real request is the
+freshest health check there is. Streams fail over only before their first event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
+
+from ..errors import (
+    UpstreamError,
+    UpstreamOverloadedError,
+    UpstreamShardError,
+    UpstreamUnavailableError,
+)
+from .base import Generation, GenerationRequest, StreamDelta, Upstream
+
+log = logging.getLogger("infernet_tgi.pool")
+
+_MOVE_ON = (UpstreamOverloadedError, UpstreamShardError)
+
+
+class UpstreamPool:
+    """Members of one upstream kind, used in turn."""
+
+    def __init__(
+        self,
+        members: Sequence[Upstream],
+        *,
+        recheck_interval: float = 5.0,
+        probe_timeout: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not members:
+            raise ValueError("a pool needs at least one member")
+        self._members = list(members)
+        self._recheck = recheck_interval
+        self._probe_timeout = probe_timeout
+        self._clock = clock
+        self._next = 0
+        self._down: dict[int, float] = {}  # member index -> when its next health check is due
+        self._probes: dict[int, asyncio.Task[None]] = {}
+
+    @property
+    def url(self) -> str:
+        return ", ".join(m.url for m in self._members)
+
+    @property
+    def members(self) -> list[Upstream]:
+        return list(self._members)
+
+    def is_down(self, index: int) -> bool:
+        return index in self._down
+
+    def _order(self) -> list[int]:
+        """Healthy members starting at the round-robin cursor; all of them when none is healthy."""
+        self._start_due_probes()
+        n = len(self._members)
+        start = self._next
+        self._next = (self._next + 1) % n
+        ring = [(start + k) % n for k in range(n)]
+        healthy = [i for i in ring if i not in self._down]
+        return healthy or ring
+
+    def _mark_down(self, index: int, exc: UpstreamError) -> None:
+        if index not in self._down:
+            log.warning("upstream %s is down, skipped until healthy: %s", self._members[index].url, exc)
+        self._down[index] = self._clock() + self._recheck
+
+    def _mark_up(self, index: int) -> None:
+        if self._down.pop(index, None) is not None:
+            log.info("upstream %s is healthy again", self._members[index].url)
+
+    def _start_due_probes(self) -> None:
+        now = self._clock()
+        for index, due in list(self._down.items()):
+            if due <= now and index not in self._probes:
+                task = asyncio.get_running_loop().create_task(self._probe(index))
+                self._probes[index] = task
+                task.add_done_callback(lambda _t, i=index: self._probes.pop(i, None))
+
+    async def _probe(self, index: int) -> None:
+        member = self._members[index]
+        check: Callable[[], Any] = getattr(member, "health", None) or member.info
+        try:
+            async with asyncio.timeout(self._probe_timeout):
+                await check()
+        except (UpstreamError, TimeoutError):
+            if index in self._down:
+                self._down[index] = self._clock() + self._recheck
+            return
+        self._mark_up(index)
+
+    async def check_now(self) -> None:
+        """Run every down member's health check now (tests, and an operator's manual nudge)."""
+        for index in list(self._down):
+            self._down[index] = self._clock()
+        self._start_due_probes()
+        await asyncio.gather(*list(self._probes.values()), return_exceptions=True)
+
+    async def generate(self, request: GenerationRequest) -> Generation:
+        last: UpstreamError | None = None
+        for index in self._order():
+            try:
+                generation = await self._members[index].generate(request)
+            except UpstreamUnavailableError as exc:
+                self._mark_down(index, exc)
+                last = exc
+                continue
+            except _MOVE_ON as exc:
+                last = exc
+                continue
+            self._mark_up(index)
+            return generation
+        assert last is not None
+        raise last
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamDelta]:
+        last: UpstreamError | None = None
+        for index in self._order():
+            events = self._members[index].stream(request)
+            try:
+                first = await anext(events)
+            except StopAsyncIteration:
+                return
+            except UpstreamUnavailableError as exc:
+                await _aclose(events)
+                self._mark_down(index, exc)
+                last = exc
+                continue
+            except _MOVE_ON as exc:
+                await _aclose(events)
+                last = exc
+                continue
+            except BaseException:
+                await _aclose(events)
+                raise
+            self._mark_up(index)
+            try:
+                yield first
+                async for delta in events:
+                    yield delta
+            finally:
+                await _aclose(events)
+            return
+        assert last is not None
+        raise last
+
+    async def info(self) -> dict[str, Any]:
+        """The first healthy member's info."""
+        last: UpstreamError | None = None
+        for index in self._order():
+            try:
+                return await self._members[index].info()
+            except UpstreamError as exc:
+                last = exc
+        assert last is not None
+        raise last
+
+    async def health(self) -> None:
+        """Raises unless some member is healthy."""
+        if len(self._down) == len(self._members):
+            raise UpstreamUnavailableError(f"every upstream of the pool is down ({self.url})")
+
+    async def aclose(self) -> None:
+        """Stop the background health checks."""
+        for task in list(self._probes.values()):
+            task.cancel()
+        await asyncio.gather(*list(self._probes.values()), return_exceptions=True)
+
+
+async def _aclose(events: AsyncIterator[StreamDelta]) -> None:
+    close = getattr(events, "aclose", None)
+    if close is not None:
+        await close()
+
