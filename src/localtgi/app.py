@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from quart import Quart, Response
+from quart import Quart, Response, request
 from werkzeug.exceptions import HTTPException
 
 from localtgi.errors import LocalTGIError, RequestBodyError
@@ -85,6 +85,17 @@ def create_app(settings: Settings, model: LoadedModel | None = None) -> Quart:
         if srv is not None:
             srv.healthy = False
             await srv.engine.stop()
+
+    @app.before_request
+    async def authorize() -> Response | None:
+        # TGI: with --api-key the generation routes need `Bearer <key>` (compared ignoring case);
+        # a failure is a 401 with an empty body. Health, info and metrics stay open.
+        if settings.api_key is None or request.method != "POST" or request.path == "/chat_tokenize":
+            return None
+        given = request.headers.get("authorization", "")
+        if given.lower() != f"bearer {settings.api_key}".lower():
+            return Response(b"", status=401)
+        return None
 
     @app.errorhandler(LocalTGIError)
     async def local_error(exc: LocalTGIError) -> Response:

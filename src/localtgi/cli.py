@@ -79,6 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-threads", type=int, default=d.num_threads, help="torch CPU threads for the model")
     p.add_argument("--payload-limit", type=int, default=d.payload_limit, help="largest request body in bytes")
     p.add_argument(
+        "--api-key",
+        default=None,
+        help="require `Authorization: Bearer <key>` on the generation routes (401 otherwise)",
+    )
+    p.add_argument(
         "--cache-dir",
         type=Path,
         default=None,
@@ -106,6 +111,7 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
         payload_limit=a.payload_limit,
         compute_type=os.environ.get("COMPUTE_TYPE", "cpu"),
         cache_dir=a.cache_dir,
+        api_key=a.api_key,
     )
 
 

@@ -107,6 +107,7 @@ def error_label(exc: LocalTGIError) -> str:
         "validation": "validation",
         "overloaded": "overloaded",
         "incomplete_generation": "incomplete",
+        "template_error": "template",
     }.get(exc.error_type, exc.error_type)
 
 

@@ -46,6 +46,7 @@ class Settings:
     num_threads: int = 1
     payload_limit: int = 2_000_000
     compute_type: str = "cpu"
+    api_key: str | None = None
     cache_dir: Path | None = None
 
     def __post_init__(self) -> None:

@@ -229,7 +229,9 @@ async def info() -> dict[str, Any]:
     ).wire()
 
 
+@routes.get("/")
 @routes.get("/health")
+@routes.get("/ping")
 async def health() -> Response:
     srv = server()
     if not srv.healthy:

@@ -11,6 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
+from localtgi.models import LoadedModel
+from localtgi.settings import Settings
 from localtgikit import RunningServer
 
 JSON = {"content-type": "application/json"}
@@ -222,8 +224,6 @@ async def test_seeded_sampling_is_deterministic(localtgi: RunningServer) -> None
     other = await post(localtgi, "/generate", {**body, "parameters": {**body["parameters"],
                                                                       "seed": 43}})
     assert other.json()["details"]["seed"] == 43
-    unseeded = await post(localtgi, "/generate", {"inputs": "Hello"})  # parameters omitted: samples
-    assert unseeded.status_code == 200
 
 
 async def test_info_health_tokenize_models_metrics(localtgi: RunningServer) -> None:
@@ -295,3 +295,56 @@ async def test_overloaded_and_disconnect(limited: RunningServer) -> None:
         assert r.status_code == 422
         assert r.json()["error"].startswith("Input validation error: `inputs` must have less "
                                             "than 64 tokens. Given: ")
+
+
+LONG_STREAMS = [
+    ("/generate_stream", {"inputs": "Hello", "parameters": {"max_new_tokens": 1900}}),
+    ("/", {"inputs": "Hello", "stream": True, "parameters": {"max_new_tokens": 1900}}),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}], "stream": True,
+                              "max_tokens": 1900}),
+    ("/v1/completions", {"prompt": "Hello", "stream": True, "max_tokens": 1900}),
+]
+
+
+async def wait_idle(server: RunningServer, within: float = 1.0) -> None:
+    state = server.state
+    deadline = time.monotonic() + within  # each generation below would take several seconds
+    while state.engine.active or state.engine.waiting or state.inference.permits.taken:  # noqa: ASYNC110
+        assert time.monotonic() < deadline, "a disconnected client kept its slot"
+        await asyncio.sleep(0.01)
+
+
+@pytest.mark.parametrize(("path", "body"), LONG_STREAMS)
+async def test_disconnect_frees_the_slot(limited: RunningServer, path: str, body: Any) -> None:
+    async with httpx.AsyncClient(base_url=limited.url, timeout=30) as c:
+        async with c.stream("POST", path, json=body) as stream:
+            lines = stream.aiter_lines()
+            assert (await anext(lines)).startswith("data:")
+            assert limited.state.inference.permits.taken == 1
+    await wait_idle(limited)
+
+
+async def test_disconnect_during_generate(limited: RunningServer) -> None:
+    async with httpx.AsyncClient(base_url=limited.url, timeout=0.3) as c:
+        with pytest.raises(httpx.ReadTimeout):
+            await c.post("/generate", json={"inputs": "Hello", "parameters": {"max_new_tokens": 1900}})
+    await wait_idle(limited)
+
+
+async def test_api_key_and_health_aliases(tiny_model: LoadedModel) -> None:
+    settings = Settings(model_id="tiny", hostname="127.0.0.1", port=0, api_key="Sekret")
+    server = RunningServer(settings, tiny_model).start()
+    try:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as c:
+            body = {"inputs": "Hello", "parameters": {"max_new_tokens": 2}}
+            denied = await c.post("/generate", json=body)
+            assert denied.status_code == 401 and denied.content == b""
+            wrong = await c.post("/generate", json=body, headers={"authorization": "Bearer nope"})
+            assert wrong.status_code == 401
+            # TGI compares the header ignoring case.
+            ok = await c.post("/generate", json=body, headers={"authorization": "bearer SEKRET"})
+            assert ok.status_code == 200
+            for path in ("/", "/health", "/ping", "/info", "/metrics", "/v1/models"):
+                assert (await c.get(path)).status_code == 200, path
+    finally:
+        server.close()
