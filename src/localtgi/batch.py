@@ -99,7 +99,7 @@ def _layers(cache: Any) -> KV:
     return [(layer.keys, layer.values) for layer in cache.layers]
 
 
-class _BufferLayer(DynamicLayer):
+class _BufferLayer(DynamicLayer):  # type: ignore[no-untyped-call]
     """A DynamicLayer that appends into spare room of a preallocated buffer.
 
     DynamicLayer concatenates (copies the whole layer) on every step; this writes one column and
@@ -109,7 +109,7 @@ class _BufferLayer(DynamicLayer):
     _SPARE = 64
 
     def __init__(self, keys: torch.Tensor, values: torch.Tensor) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self.dtype, self.device = keys.dtype, keys.device
         self.is_initialized = True
         self._length = 0
@@ -232,4 +232,5 @@ class DecodeBatch:
             use_cache=True,
         )
         self._positions = self._positions + 1
-        return out.logits[:, -1]
+        logits: torch.Tensor = out.logits[:, -1]
+        return logits

@@ -130,7 +130,8 @@ class Engine:
         self.loaded = model
         self.max_batch_size = max_batch_size
         self.threads = threads
-        self.vocab_size = int(model.model.get_output_embeddings().weight.shape[0])
+        head: Any = model.model.get_output_embeddings()  # type: ignore[no-untyped-call]
+        self.vocab_size = int(head.weight.shape[0])
         tok = model.tokenizer
         self._special = frozenset(int(i) for i in tok.all_special_ids) | model.eos_token_ids
         self._special |= frozenset(
@@ -198,7 +199,8 @@ class Engine:
         logprobs = await self._run_job(lambda: kvbatch.prompt_logprobs(self.loaded.model, ids))
         tok = self.loaded.tokenizer
         return [
-            PrefillToken(id=i, text=tok.decode([i]), logprob=lp) for i, lp in zip(ids, logprobs, strict=True)
+            PrefillToken(id=i, text=str(tok.decode([i])), logprob=lp)
+            for i, lp in zip(ids, logprobs, strict=True)
         ]
 
     @property
@@ -329,7 +331,7 @@ class Engine:
         tok = self.loaded.tokenizer
         reason: FinishReason | None = None
         if special:
-            text = tok.decode([token])
+            text = str(tok.decode([token]))
             if token in self.loaded.eos_token_ids:
                 reason = "eos_token"
         else:
@@ -344,7 +346,7 @@ class Engine:
         if reason is None and out_of_room:
             reason = "length"
         top = tuple(
-            TopToken(id=i, text=tok.decode([i]), logprob=lp, special=i in self._special)
+            TopToken(id=i, text=str(tok.decode([i])), logprob=lp, special=i in self._special)
             for i, lp in choice.top
         )
         event = TokenEvent(

@@ -27,7 +27,7 @@ import time
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from localtgi.errors import ModelLoadError
 
@@ -139,7 +139,8 @@ def build_tiny_model() -> LoadedModel:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tokenizer = _build_tiny_tokenizer()
-    eos_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    eos_id = _token_id(tokenizer, "<|im_end|>")
+    pad_id = _token_id(tokenizer, "<|endoftext|>")
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=128,
@@ -153,21 +154,28 @@ def build_tiny_model() -> LoadedModel:
         tie_word_embeddings=True,
         bos_token_id=None,
         eos_token_id=eos_id,
-        pad_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+        pad_token_id=pad_id,
     )
     # fork_rng keeps the caller's global torch RNG untouched by our seeding.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(_TINY_SEED)
         model = LlamaForCausalLM(config)
-    model = model.to(torch.float32).eval()
+    model = cast(Any, model).to(torch.float32).eval()
     return LoadedModel(
         model_id="tiny",
         model=model,
         tokenizer=tokenizer,
         max_position_embeddings=config.max_position_embeddings,
-        eos_token_ids=frozenset({eos_id, tokenizer.convert_tokens_to_ids("<|endoftext|>")}),
+        eos_token_ids=frozenset({eos_id, pad_id}),
         bos_token_id=None,
     )
+
+
+def _token_id(tokenizer: Any, token: str) -> int:
+    found = tokenizer.convert_tokens_to_ids(token)
+    if not isinstance(found, int):
+        raise ModelLoadError(f"token {token!r} is missing from the tokenizer")
+    return found
 
 
 def _build_tiny_tokenizer() -> transformers.PreTrainedTokenizerBase:
@@ -185,7 +193,7 @@ def _build_tiny_tokenizer() -> transformers.PreTrainedTokenizerBase:
     )
     # The Rust trainer breaks ties by pair, so this is deterministic (checked by a test).
     tok.train_from_iterator(list(_TINY_CORPUS) * 4, trainer=trainer)
-    return PreTrainedTokenizerFast(
+    return PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=tok,
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
@@ -232,9 +240,9 @@ def _convert_smollm2(gguf: pathlib.Path, target: pathlib.Path, report: Callable[
             tokenizer.chat_template = CHATML_TEMPLATE
         config = AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         with torch.device("meta"):
-            skeleton = AutoModelForCausalLM.from_config(config)
+            skeleton = AutoModelForCausalLM.from_config(config)  # type: ignore[no-untyped-call]
         state = _dequantize_gguf(gguf, skeleton, report)
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model = cast(Any, AutoModelForCausalLM).from_config(config, dtype=torch.float32)
         missing, unexpected = model.load_state_dict(state, strict=False)
         missing = [k for k in missing if not (config.tie_word_embeddings and k == "lm_head.weight")]
         if missing or unexpected:
@@ -264,18 +272,16 @@ def _dequantize_gguf(gguf: pathlib.Path, skeleton: Any, report: Callable[[str], 
     import numpy as np
     import torch
     from gguf import GGUFReader, dequantize
-    from transformers.modeling_gguf_pytorch_utils import (
-        TENSOR_PROCESSORS,
-        TensorProcessor,
-        get_gguf_hf_weights_map,
-        load_gguf_checkpoint,
-    )
+    from transformers import modeling_gguf_pytorch_utils
 
-    parsed = load_gguf_checkpoint(str(gguf), return_tensors=False)
+    utils: Any = modeling_gguf_pytorch_utils  # untyped internals
+
+    parsed = utils.load_gguf_checkpoint(str(gguf), return_tensors=False)
     reader = GGUFReader(str(gguf))
     architecture = parsed["config"].get("model_type", "llama")
-    processor = TENSOR_PROCESSORS.get(architecture, TensorProcessor)(config=parsed["config"])
-    key_map = get_gguf_hf_weights_map(skeleton, processor)
+    processor_class = utils.TENSOR_PROCESSORS.get(architecture, utils.TensorProcessor)
+    processor = processor_class(config=parsed["config"])
+    key_map = utils.get_gguf_hf_weights_map(skeleton, processor)
     state: dict[str, Any] = {}
     total = len(reader.tensors)
     last_pct = -1
@@ -311,7 +317,7 @@ def _from_pretrained(source: str, model_id: str, *, local_only: bool) -> LoadedM
         raise ModelLoadError(f"{model_id!r} has no fast tokenizer; localtgi needs one")
     if not tokenizer.chat_template:
         tokenizer.chat_template = CHATML_TEMPLATE
-    model = model.to(torch.float32).eval()
+    model = cast(Any, model).to(torch.float32).eval()
     return LoadedModel(
         model_id=model_id,
         model=model,
