@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Coroutine, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -59,7 +60,7 @@ class Permit:
 
 
 @dataclass
-class Sequence_:
+class Generated:
     """One finished generation."""
 
     tokens: list[TokenEvent]
@@ -75,8 +76,8 @@ class Outcome:
     """The result of a non-streaming request: the best sequence, the others (best_of), prefill."""
 
     request: ValidRequest
-    best: Sequence_
-    others: list[Sequence_]
+    best: Generated
+    others: list[Generated]
     prefill: list[PrefillToken]
     timings: Timings
 
@@ -202,7 +203,7 @@ class Inference:
         self.metrics.success(timings, ranked[0].finish.generated_tokens, request.input_length)
         return Outcome(request, ranked[0], ranked[1:], prefill, timings)
 
-    async def _collect(self, request: ValidRequest, clock: Clock) -> Sequence_:
+    async def _collect(self, request: ValidRequest, clock: Clock) -> Generated:
         tokens: list[TokenEvent] = []
         finish: FinishEvent | None = None
         stream = self.engine.submit(request.input_ids, request.params)
@@ -220,7 +221,7 @@ class Inference:
             await stream.aclose()
         if finish is None:
             raise IncompleteGenerationError("Incomplete generation")
-        return Sequence_(tokens, finish)
+        return Generated(tokens, finish)
 
     def stream(
         self,
@@ -308,32 +309,33 @@ class TokenStream:
         held: TokenEvent | None = None
         last_sent: TokenEvent | None = None
         text = ""
-        async for event in self.events():
-            if isinstance(event, FinishEvent):
-                token = held or last_sent
-                if token is None:
-                    raise IncompleteGenerationError("Incomplete generation stream")
-                if held is None:
-                    log.warning("finish event after a token not predicted to be the last one")
-                yield token, event
-                return
-            if held is not None:
-                yield held, None
-                held = None
-            if not event.special:
-                text += event.text
-            assert self.request is not None
-            params = self.request.params
-            if (
-                event.index >= params.max_new_tokens
-                or event.id in self._inference.eos_token_ids
-                or any(stop in text for stop in params.stop)
-                or params.grammar is not None
-            ):
-                held = event
-            else:
-                yield event, None
-                last_sent = event
+        async with aclosing(self.events()) as events:
+            async for event in events:
+                if isinstance(event, FinishEvent):
+                    token = held or last_sent
+                    if token is None:
+                        raise IncompleteGenerationError("Incomplete generation stream")
+                    if held is None:
+                        log.warning("finish event after a token not predicted to be the last one")
+                    yield token, event
+                    return
+                if held is not None:
+                    yield held, None
+                    held = None
+                if not event.special:
+                    text += event.text
+                assert self.request is not None
+                params = self.request.params
+                if (
+                    event.index >= params.max_new_tokens
+                    or event.id in self._inference.eos_token_ids
+                    or any(stop in text for stop in params.stop)
+                    or params.grammar is not None
+                ):
+                    held = event
+                else:
+                    yield event, None
+                    last_sent = event
 
 
 def prompt_chars(inputs: Sequence[str] | str) -> int:

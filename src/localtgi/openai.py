@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Sequence
+from contextlib import aclosing
 from typing import Any
 
 import jinja2
@@ -203,21 +204,22 @@ async def _chat_events(
         return sse.event(payload.wire(), space=True)
 
     try:
-        async for item in sse.with_keepalive(stream.tokens(), KEEPALIVE_SECONDS):
-            if item is None:
-                yield sse.KEEPALIVE
-                continue
-            token, finish = item
-            choice = ChatChunkChoice(
-                index=0,
-                delta=ChatDelta(content="" if token.special else token.text),
-                logprobs=_logprobs([token]) if logprobs else None,
-                finish_reason=None if finish is None else _CHAT_FINISH[finish.finish_reason],
-            )
-            yield chunk([choice])
-            if finish is not None and include_usage:
-                assert stream.request is not None
-                yield chunk([], _usage(stream.request.input_length, finish.generated_tokens))
+        async with aclosing(sse.with_keepalive(stream.tokens(), KEEPALIVE_SECONDS)) as items:
+            async for item in items:
+                if item is None:
+                    yield sse.KEEPALIVE
+                    continue
+                token, finish = item
+                choice = ChatChunkChoice(
+                    index=0,
+                    delta=ChatDelta(content="" if token.special else token.text),
+                    logprobs=_logprobs([token]) if logprobs else None,
+                    finish_reason=None if finish is None else _CHAT_FINISH[finish.finish_reason],
+                )
+                yield chunk([choice])
+                if finish is not None and include_usage:
+                    assert stream.request is not None
+                    yield chunk([], _usage(stream.request.input_length, finish.generated_tokens))
     except LocalTGIError as exc:
         yield _stream_error(exc)
     yield sse.DONE
@@ -330,32 +332,33 @@ async def _merged(
 async def _completion_events(srv: Server, streams: Sequence[TokenStream]) -> AsyncIterator[bytes]:
     created = int(time.time())
     try:
-        async for item in sse.with_keepalive(_merged(streams), KEEPALIVE_SECONDS):
-            if item is None:
-                yield sse.KEEPALIVE
-                continue
-            index, (token, finish) = item
-            usage = None
-            reason = ""
-            if finish is not None:
-                request = streams[index].request
-                assert request is not None
-                reason = finish.finish_reason
-                usage = _usage(request.input_length, finish.generated_tokens)
-            payload = CompletionChunk(
-                created=created,
-                model=srv.model_id,
-                system_fingerprint=srv.system_fingerprint,
-                choices=[
-                    CompletionChoice(
-                        index=index,
-                        text="" if token.special else token.text,
-                        finish_reason=reason,
-                    )
-                ],
-                usage=usage,
-            )
-            yield sse.event(payload.wire(), space=True)
+        async with aclosing(sse.with_keepalive(_merged(streams), KEEPALIVE_SECONDS)) as items:
+            async for item in items:
+                if item is None:
+                    yield sse.KEEPALIVE
+                    continue
+                index, (token, finish) = item
+                usage = None
+                reason = ""
+                if finish is not None:
+                    request = streams[index].request
+                    assert request is not None
+                    reason = finish.finish_reason
+                    usage = _usage(request.input_length, finish.generated_tokens)
+                payload = CompletionChunk(
+                    created=created,
+                    model=srv.model_id,
+                    system_fingerprint=srv.system_fingerprint,
+                    choices=[
+                        CompletionChoice(
+                            index=index,
+                            text="" if token.special else token.text,
+                            finish_reason=reason,
+                        )
+                    ],
+                    usage=usage,
+                )
+                yield sse.event(payload.wire(), space=True)
     except LocalTGIError as exc:
         yield _stream_error(exc)
     yield sse.DONE

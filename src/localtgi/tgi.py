@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
@@ -17,7 +18,7 @@ from quart import Blueprint, Response, request
 from localtgi import sse
 from localtgi.engine_types import FinishEvent, TokenEvent, TopToken
 from localtgi.errors import IncompleteGenerationError, LocalTGIError
-from localtgi.inference import Outcome, Sequence_, TokenStream, prompt_chars
+from localtgi.inference import Generated, Outcome, TokenStream, prompt_chars
 from localtgi.protocol import (
     BestOfSequence,
     CompatGenerateRequest,
@@ -54,7 +55,7 @@ def wire_token(t: TokenEvent | TopToken) -> Token:
     return Token(id=t.id, text=t.text, logprob=t.logprob, special=t.special)
 
 
-def _top_tokens(seq: Sequence_, top_n: int) -> list[list[Token]]:
+def _top_tokens(seq: Generated, top_n: int) -> list[list[Token]]:
     if top_n == 0:
         return []
     return [[wire_token(t) for t in tok.top_tokens] for tok in seq.tokens]
@@ -131,20 +132,21 @@ async def tgi_events(parameters: GenerateParameters, stream: TokenStream) -> Asy
     """The SSE body of `/generate_stream`: token events, then errors as events (HTTP stays 200)."""
     try:
         check_stream(parameters)
-        async for item in sse.with_keepalive(stream.tokens(), KEEPALIVE_SECONDS):
-            if item is None:
-                yield sse.KEEPALIVE
-                continue
-            token, finish = item
-            top = [wire_token(t) for t in token.top_tokens]
-            event = StreamResponse(index=token.index, token=wire_token(token), top_tokens=top)
-            if finish is not None:
-                req = stream.request
-                assert req is not None
-                event.generated_text = _full_text(req.inputs, finish.generated_text, req.return_full_text)
-                if req.details:
-                    event.details = stream_details(finish, req.input_length)
-            yield sse.event(event.wire())
+        async with aclosing(sse.with_keepalive(stream.tokens(), KEEPALIVE_SECONDS)) as items:
+            async for item in items:
+                if item is None:
+                    yield sse.KEEPALIVE
+                    continue
+                token, finish = item
+                top = [wire_token(t) for t in token.top_tokens]
+                event = StreamResponse(index=token.index, token=wire_token(token), top_tokens=top)
+                if finish is not None:
+                    req = stream.request
+                    assert req is not None
+                    event.generated_text = _full_text(req.inputs, finish.generated_text, req.return_full_text)
+                    if req.details:
+                        event.details = stream_details(finish, req.input_length)
+                yield sse.event(event.wire())
     except LocalTGIError as exc:
         yield sse.event(stream_error(exc))
 
