@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Coroutine, Sequence
+from collections.abc import AsyncGenerator, Coroutine, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -256,7 +256,7 @@ class TokenStream:
         self.request: ValidRequest | None = None
         self.clock = Clock()
 
-    async def events(self) -> AsyncIterator[TokenEvent | FinishEvent]:
+    async def events(self) -> AsyncGenerator[TokenEvent | FinishEvent, None]:
         inference = self._inference
         inference.metrics.request()
         permit = None
@@ -299,7 +299,7 @@ class TokenStream:
             if permit is not None:
                 permit.release()
 
-    async def tokens(self) -> AsyncIterator[tuple[TokenEvent, FinishEvent | None]]:
+    async def tokens(self) -> AsyncGenerator[tuple[TokenEvent, FinishEvent | None], None]:
         """The events paired up: each token, and with the last one its FinishEvent.
 
         TGI puts the final text on the last token's event, so a token that may be the last one (length

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import aclosing
 from typing import Any
 
@@ -309,7 +309,7 @@ async def _pump(
 
 async def _merged(
     streams: Sequence[TokenStream],
-) -> AsyncIterator[tuple[int, tuple[TokenEvent, FinishEvent | None]]]:
+) -> AsyncGenerator[tuple[int, tuple[TokenEvent, FinishEvent | None]], None]:
     """Interleave several token streams; the first error ends the whole merge."""
     queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
     tasks = [asyncio.ensure_future(_pump(i, s.tokens(), queue)) for i, s in enumerate(streams)]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -26,7 +26,7 @@ def event(payload: Any, *, space: bool = False) -> bytes:
     return f"data:{' ' if space else ''}{body}\n\n".encode()
 
 
-async def with_keepalive(source: AsyncIterator[T], interval: float) -> AsyncIterator[T | None]:
+async def with_keepalive(source: AsyncIterator[T], interval: float) -> AsyncGenerator[T | None, None]:
     """Yield the items of `source`, and None whenever `interval` seconds pass without one.
 
     Closing this iterator closes `source` (so cleanup in `source` runs at once)."""
