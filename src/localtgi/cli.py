@@ -31,22 +31,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="localtgi",
         description="A TGI-compatible text-generation server for CPU.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     d = Settings()
     p.add_argument(
         "--model-id",
         default=d.model_id,
         help="'smollm2' (SmolLM2-135M-Instruct, bundled), 'tiny' (seeded test model), a local "
-        "model directory, or a Hugging Face hub id (needs network)",
+        "model directory, or a Hugging Face hub id (needs network); default %(default)s",
     )
-    p.add_argument("--hostname", default=d.hostname, help="address to bind")
-    p.add_argument("--port", type=int, default=d.port)
+    p.add_argument("--hostname", default=d.hostname, help="address to bind; default %(default)s")
+    p.add_argument("--port", type=int, default=d.port, help="port; 0 picks a free one; default %(default)s")
     p.add_argument(
         "--max-concurrent-requests",
         type=int,
         default=d.max_concurrent_requests,
-        help="requests served at once; more get 429 overloaded immediately",
+        help="requests served at once; more get 429 overloaded immediately; default %(default)s",
     )
     p.add_argument(
         "--max-input-tokens",
@@ -61,23 +60,33 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="prompt + generated tokens (default: min(model context, 4096))",
     )
-    p.add_argument("--max-best-of", type=int, default=d.max_best_of)
-    p.add_argument("--max-stop-sequences", type=int, default=d.max_stop_sequences)
-    p.add_argument("--max-top-n-tokens", type=int, default=d.max_top_n_tokens)
+    p.add_argument("--max-best-of", type=int, default=d.max_best_of, help="default %(default)s")
+    p.add_argument("--max-stop-sequences", type=int, default=d.max_stop_sequences, help="default %(default)s")
+    p.add_argument("--max-top-n-tokens", type=int, default=d.max_top_n_tokens, help="default %(default)s")
     p.add_argument(
         "--max-client-batch-size",
         type=int,
         default=d.max_client_batch_size,
-        help="most prompts in one /v1/completions request",
+        help="most prompts in one /v1/completions request; default %(default)s",
     )
     p.add_argument(
         "--max-batch-size",
         type=int,
         default=d.max_batch_size,
-        help="sequences decoded together (continuous batching)",
+        help="sequences decoded together (continuous batching); default %(default)s",
     )
-    p.add_argument("--num-threads", type=int, default=d.num_threads, help="torch CPU threads for the model")
-    p.add_argument("--payload-limit", type=int, default=d.payload_limit, help="largest request body in bytes")
+    p.add_argument(
+        "--num-threads",
+        type=int,
+        default=d.num_threads,
+        help="torch CPU threads for the model; default %(default)s",
+    )
+    p.add_argument(
+        "--payload-limit",
+        type=int,
+        default=d.payload_limit,
+        help="largest request body in bytes; default %(default)s",
+    )
     p.add_argument(
         "--api-key",
         default=None,
