@@ -38,8 +38,8 @@ from .metrics import Metrics
 from .protocol import OffchainResult, OnchainResult, Usage
 from .retry import Sleep
 from .upstream.base import StreamDelta, Upstream
-from .upstream.transport import PooledTransport
 from .upstream.factory import build_upstream
+from .upstream.transport import PooledClient
 from .workflow import TGIClientInferenceWorkflow
 
 log = logging.getLogger("infernet_tgi")
@@ -56,6 +56,11 @@ class _Runtime:
     workflow: TGIClientInferenceWorkflow | None = None
 
 
+def create_app_from_env() -> Quart:
+    """The app for the environment of this process (hypercorn's worker processes call this)."""
+    return create_app(Settings.from_env(os.environ))
+
+
 def create_app(settings: Settings, *, sleep: Sleep | None = None, upstream: Upstream | None = None) -> Quart:
     """A ready-to-serve app. `sleep` and `upstream` are for tests (retry waits, a fake backend)."""
     app = Quart("infernet_tgi")
@@ -65,11 +70,11 @@ def create_app(settings: Settings, *, sleep: Sleep | None = None, upstream: Upst
 
     @app.while_serving
     async def lifespan() -> AsyncGenerator[None, None]:
-        client = httpx.AsyncClient(
-            timeout=httpx.Timeout(settings.timeout),
+        client = PooledClient(
             headers=settings.upstream_headers(),
-            cookies=dict(settings.cookies),
-            transport=PooledTransport(max_connections=settings.max_connections),
+            cookies=settings.cookies,
+            timeout=settings.timeout,
+            max_connections=settings.max_connections,
         )
         workflow = TGIClientInferenceWorkflow(
             settings.server_url,

@@ -13,9 +13,11 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
+from hypercorn.run import run as hypercorn_run
 
 from . import __version__
 from .app import create_app
@@ -32,7 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", help="bind address (default TGI_INF_HOST or 127.0.0.1)")
     parser.add_argument("--port", type=int, help="bind port (default TGI_INF_PORT or 3000)")
     parser.add_argument("--bind", help="host:port, as hypercorn spells it (overrides --host/--port)")
-    parser.add_argument("--workers", type=int, default=1, help="accepted for compatibility; 1")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="worker processes, each with its own upstream pool (1)"
+    )
     parser.add_argument("--version", action="version", version=f"infernet-tgi {__version__}")
     args = parser.parse_args(argv)
 
@@ -58,10 +62,33 @@ def main(argv: list[str] | None = None) -> int:
     config.keep_alive_timeout = 75
     config.graceful_timeout = 5
     logging.getLogger("infernet_tgi").info(
-        "infernet-tgi %s on http://%s:%d -> %s", __version__, host, port, settings.server_url
+        "infernet-tgi %s on http://%s:%d -> %s (%d worker%s)",
+        __version__,
+        host,
+        port,
+        settings.server_url,
+        args.workers,
+        "" if args.workers == 1 else "s",
     )
-    asyncio.run(_serve(settings, config))
+    loop_factory = _loop_factory()
+    if args.workers > 1:
+        # Each spawned worker reads the (already validated) environment once, in its own process.
+        config.application_path = "infernet_tgi.app:create_app_from_env()"
+        config.workers = args.workers
+        config.worker_class = "asyncio" if loop_factory is None else "uvloop"
+        return hypercorn_run(config)
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(_serve(settings, config))
     return 0
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop when installed: a faster event loop for the same code."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 async def _serve(settings: Settings, config: Config) -> None:
