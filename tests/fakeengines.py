@@ -211,7 +211,8 @@ class FakeVLLM(LoopbackServer):
                 return Reply()
             return Reply(404, b'{"detail":"Not Found"}')
         if self.api_key is not None and req.headers.get("authorization") != f"Bearer {self.api_key}":
-            return Reply.json({"error": {"message": "Unauthorized", "type": "Unauthorized", "code": 401}}, 401)
+            error = {"message": "Unauthorized", "type": "Unauthorized", "code": 401}
+            return Reply.json({"error": error}, 401)
         if self.status is not None:
             return self.status
         body = req.body if isinstance(req.body, dict) else {}

@@ -172,16 +172,18 @@ def check(constraint: Constraint, text: str, *, finish_reason: str | None, where
         for candidate in (text, text.strip()):
             if candidate in constraint.choices:
                 return candidate
-        return _violated(constraint, text, finish_reason, where, "it is not in the pool")
+        cut = finish_reason == "length" and any(c.startswith(text) for c in constraint.choices)
+        return _violated(constraint, text, cut, where, "it is not in the pool")
     if constraint.kind == "json":
         try:
             value = json.loads(text)
         except ValueError as exc:
-            return _violated(constraint, text, finish_reason, where, f"it is not JSON ({exc})")
+            cut = finish_reason == "length"
+            return _violated(constraint, text, cut, where, f"it is not JSON ({exc})")
         error = next(iter(Draft202012Validator(constraint.schema or {}).iter_errors(value)), None)
         if error is not None:
             path = "/".join(str(p) for p in error.absolute_path) or "the top level"
-            return _violated(constraint, text, finish_reason, where, f"at {path}: {error.message}")
+            return _violated(constraint, text, False, where, f"at {path}: {error.message}")
         return text
     try:
         compiled = re.compile(constraint.pattern or "")
@@ -189,12 +191,12 @@ def check(constraint: Constraint, text: str, *, finish_reason: str | None, where
         return text  # a pattern only the upstream's regex dialect understands: nothing to compare
     if compiled.fullmatch(text):
         return text
-    return _violated(constraint, text, finish_reason, where, "it does not match")
+    return _violated(constraint, text, finish_reason == "length", where, "it does not match")
 
 
-def _violated(constraint: Constraint, text: str, finish_reason: str | None, where: str, why: str) -> str:
+def _violated(constraint: Constraint, text: str, cut: bool, where: str, why: str) -> str:
     snippet = text if len(text) <= 120 else text[:117] + "..."
-    if finish_reason == "length":
+    if cut:
         hint = "the answer was cut at max_new_tokens (finish_reason length); allow more tokens"
     else:
         hint = "the upstream ignored the constraint"

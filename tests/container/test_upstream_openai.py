@@ -40,7 +40,9 @@ async def run(client: Any, body: dict[str, Any]) -> tuple[int, Any]:
     return response.status_code, text
 
 
-async def test_prompt_job_goes_to_completions_with_translated_parameters(app_for: Any, vllm: FakeVLLM) -> None:
+async def test_prompt_job_goes_to_completions_with_translated_parameters(
+    app_for: Any, vllm: FakeVLLM
+) -> None:
     client = await app_for(openai_env(vllm.url))
     status, body = await run(client, job({"text": "hello there", "parameters": {"seed": 3, "top_k": 5}}))
     assert status == 200, body

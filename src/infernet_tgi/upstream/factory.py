@@ -64,8 +64,6 @@ def build_upstream(settings: Settings, client: httpx.AsyncClient) -> Guard:
     """The upstream the workflow calls."""
     members = [build_member(settings, client, url) for url in settings.urls]
     inner: Upstream = (
-        members[0]
-        if len(members) == 1
-        else UpstreamPool(members, recheck_interval=settings.health_interval)
+        members[0] if len(members) == 1 else UpstreamPool(members, recheck_interval=settings.health_interval)
     )
     return Guard(inner, template=settings.chat_template)

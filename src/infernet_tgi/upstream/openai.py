@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -36,7 +36,7 @@ from .sse import events
 
 Flavor = Literal["vllm", "tgi"]
 Form = Literal["structured_outputs", "guided"]
-_TGI_ONLY = {  # TGI parameters that change the answer and have no OpenAI-side equivalent
+_TGI_ONLY: dict[str, Callable[[Any], bool]] = {  # TGI parameters that change the answer, no equivalent
     "typical_p": lambda v: v is not None,
     "watermark": bool,
     "best_of": lambda v: (v or 1) > 1,
@@ -387,4 +387,3 @@ class OpenAIUpstream:
     async def health(self) -> None:
         """Raises unless `GET /models` answers 200 (the route every compatible server has)."""
         await self._get("/models")
-

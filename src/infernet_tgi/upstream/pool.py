@@ -12,6 +12,7 @@ freshest health check there is. Streams fail over only before their first event.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -87,7 +88,10 @@ class UpstreamPool:
             if due <= now and index not in self._probes:
                 task = asyncio.get_running_loop().create_task(self._probe(index))
                 self._probes[index] = task
-                task.add_done_callback(lambda _t, i=index: self._probes.pop(i, None))
+                task.add_done_callback(functools.partial(self._forget_probe, index))
+
+    def _forget_probe(self, index: int, _task: asyncio.Task[None]) -> None:
+        self._probes.pop(index, None)
 
     async def _probe(self, index: int) -> None:
         member = self._members[index]
@@ -183,4 +187,3 @@ async def _aclose(events: AsyncIterator[StreamDelta]) -> None:
     close = getattr(events, "aclose", None)
     if close is not None:
         await close()
-

@@ -148,9 +148,7 @@ class RunPodUpstream:
         if status == "TIMED_OUT":
             raise UpstreamTimeoutError(f"RunPod job {job.get('id')} timed out at {where}: {detail}")
         if status in ("FAILED", "CANCELLED"):
-            raise UpstreamGenerationError(
-                f"RunPod job {job.get('id')} {status.lower()} at {where}: {detail}"
-            )
+            raise UpstreamGenerationError(f"RunPod job {job.get('id')} {status.lower()} at {where}: {detail}")
         raise UpstreamProtocolError(f"RunPod job has an unknown status {status!r} at {where}")
 
     async def info(self) -> dict[str, Any]:
@@ -183,7 +181,9 @@ def _sse_data(block: str) -> Any:
 
 def _is_legacy(payload: Any) -> bool:
     choices = payload.get("choices") if isinstance(payload, dict) else None
-    return bool(choices) and isinstance(choices[0], dict) and "tokens" in choices[0]
+    return isinstance(choices, list) and bool(choices) and isinstance(choices[0], dict) and (
+        "tokens" in choices[0]
+    )
 
 
 def _legacy_text(payload: dict[str, Any], reader: ChunkReader) -> str:
@@ -205,9 +205,7 @@ def _generation(output: Any, *, chat: bool, where: str) -> Generation:
     if len(items) == 1 and not _is_legacy(items[0]):
         return parse_response(items[0], chat=chat, where=where)
     reader = ChunkReader(where)
-    text = "".join(
-        _legacy_text(item, reader) if _is_legacy(item) else reader.feed(item) for item in items
-    )
+    text = "".join(_legacy_text(item, reader) if _is_legacy(item) else reader.feed(item) for item in items)
     return Generation(
         text=text,
         finish_reason=reader.finish,

@@ -1,0 +1,132 @@
+"""Several upstream URLs: load spread, failover on connection errors and 503 within one attempt, and a
+failed upstream skipped until its health check passes again (real TGI-protocol fakes on loopback)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from containerkit import Waits
+from enginekit import engine_env, free_port, job
+from faketgi import FakeTGI, Ok, Reset, Status
+from infernet_tgi.errors import UpstreamUnavailableError
+from infernet_tgi.upstream.base import GenerationRequest
+from infernet_tgi.upstream.native import NativeTGI
+from infernet_tgi.upstream.pool import UpstreamPool
+
+REQUEST = GenerationRequest(prompt="hi", parameters={"max_new_tokens": 3})
+
+
+@pytest.fixture(scope="module")
+def pair() -> Iterator[tuple[FakeTGI, FakeTGI]]:
+    with FakeTGI(model_id="a") as a, FakeTGI(model_id="b") as b:
+        yield a, b
+
+
+@pytest.fixture
+def servers(pair: tuple[FakeTGI, FakeTGI]) -> tuple[FakeTGI, FakeTGI]:
+    for server in pair:
+        server.reset()
+    return pair
+
+
+def generate_calls(server: FakeTGI) -> int:
+    return sum(1 for r in server.requests if r.method == "POST")
+
+
+async def run(client: Any, body: dict[str, Any]) -> tuple[int, Any]:
+    response = await client.post("/service_output", json=body)
+    return response.status_code, json.loads(await response.get_data(as_text=True))
+
+
+async def test_jobs_are_spread_across_urls(app_for: Any, servers: tuple[FakeTGI, FakeTGI]) -> None:
+    a, b = servers
+    client = await app_for(engine_env(a.url, b.url))
+    for _ in range(6):
+        assert (await run(client, job({"text": "x"})))[0] == 200
+    assert (generate_calls(a), generate_calls(b)) == (3, 3)
+
+
+@pytest.mark.parametrize("fault", [Reset(), Status(503, "unhealthy", "healthcheck")], ids=["reset", "503"])
+async def test_failover_within_one_attempt_then_skip(
+    app_for: Any, servers: tuple[FakeTGI, FakeTGI], waits: Waits, fault: Any
+) -> None:
+    a, b = servers
+    a.script(fault)
+    client = await app_for(engine_env(a.url, b.url, tries=3, TGI_INF_HEALTH_INTERVAL="60"))
+    status, body = await run(client, job({"text": "x"}))
+    assert (status, body["output"]) == (200, "echo: x")
+    assert waits == []  # no retry: the pool moved on inside the attempt
+    for _ in range(4):
+        assert (await run(client, job({"text": "x"})))[0] == 200
+    assert (generate_calls(a), generate_calls(b)) == (1, 5)  # a is skipped while down
+
+
+async def test_overloaded_moves_on_without_marking_down(servers: tuple[FakeTGI, FakeTGI]) -> None:
+    a, b = servers
+    a.script(Status(429, "Model is overloaded", "overloaded"))
+    async with httpx.AsyncClient() as http:
+        pool = UpstreamPool([NativeTGI(http, a.url), NativeTGI(http, b.url)])
+        assert (await pool.generate(REQUEST)).text == "echo: hi"
+        assert not pool.is_down(0)
+        await pool.aclose()
+
+
+async def test_down_member_returns_after_its_health_check(servers: tuple[FakeTGI, FakeTGI]) -> None:
+    a, _ = servers
+    port = free_port()
+    dead = f"http://127.0.0.1:{port}"
+    async with httpx.AsyncClient() as http:
+        pool = UpstreamPool([NativeTGI(http, dead), NativeTGI(http, a.url)], recheck_interval=0.05)
+        assert (await pool.generate(REQUEST)).text == "echo: hi"
+        assert pool.is_down(0)
+        await asyncio.sleep(0.06)
+        await pool.generate(REQUEST)  # starts a background health check, which fails
+        await asyncio.sleep(0.05)
+        assert pool.is_down(0)
+        with FakeTGI(port=port) as revived:
+            await pool.check_now()
+            assert not pool.is_down(0)
+            assert [r.path for r in revived.requests] == ["/health"]
+            for _ in range(4):
+                await pool.generate(REQUEST)
+            assert generate_calls(revived) == 2
+        await pool.aclose()
+
+
+async def test_every_member_down_is_503_and_retried(app_for: Any, waits: Waits) -> None:
+    dead = [f"http://127.0.0.1:{free_port()}" for _ in range(2)]
+    client = await app_for(engine_env(*dead, tries=2))
+    status, body = await run(client, job({"text": "x"}))
+    assert status == 503 and body["code"] == "503" and "upstream unreachable" in body["description"]
+    assert waits == [1]
+
+
+async def test_all_down_members_are_still_tried(servers: tuple[FakeTGI, FakeTGI]) -> None:
+    """When nothing is healthy, a real request is the freshest health check."""
+    a, b = servers
+    a.script(Reset())
+    b.script(Reset())
+    async with httpx.AsyncClient() as http:
+        pool = UpstreamPool([NativeTGI(http, a.url), NativeTGI(http, b.url)], recheck_interval=60)
+        with pytest.raises(UpstreamUnavailableError):
+            await pool.generate(REQUEST)
+        assert pool.is_down(0) and pool.is_down(1)
+        assert (await pool.generate(REQUEST)).text == "echo: hi"
+        await pool.aclose()
+
+
+async def test_stream_fails_over_before_its_first_event(
+    app_for: Any, servers: tuple[FakeTGI, FakeTGI]
+) -> None:
+    a, b = servers
+    a.script(Reset())
+    b.script(Ok(text="from b"))
+    client = await app_for(engine_env(a.url, b.url))
+    response = await client.post("/service_output", json=job({"text": "x"}, destination=2))
+    assert (response.status_code, await response.get_data(as_text=True)) == (200, "from b")
