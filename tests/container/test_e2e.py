@@ -12,8 +12,9 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from containerkit import env_for
 from eth_abi.abi import decode, encode
+
+from containerkit import env_for
 from faketgi import FakeTGI, Ok
 
 

@@ -156,7 +156,10 @@ class PooledClient(httpx.AsyncClient):
 
 def _httpx_error(exc: BaseException) -> httpx.TransportError:
     """The httpx exception that says the same thing as an aiohttp one."""
-    message = str(exc) or type(exc).__name__
+    try:
+        message = str(exc) or type(exc).__name__
+    except Exception:  # some aiohttp errors cannot render without their connection key
+        message = type(exc).__name__
     kind: type[httpx.TransportError]
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
         kind = httpx.ConnectTimeout
