@@ -178,6 +178,8 @@ class FakeVLLM(LoopbackServer):
     api_key: str | None = None
     framing: Framing = field(default_factory=Framing)
     status: Reply | None = None
+    happy: bool = False  # happy_vllm: no /version, but /v1/info with vllm_version
+
 
     def __post_init__(self) -> None:
         LoopbackServer.__init__(self)
@@ -203,8 +205,11 @@ class FakeVLLM(LoopbackServer):
 
     async def answer(self, req: Seen) -> Reply:
         if req.method == "GET":
-            if req.path == "/version" and self.version is not None:
+            if req.path == "/version" and self.version is not None and not self.happy:
                 return Reply.json({"version": self.version})
+            if req.path == "/v1/info" and self.happy:
+                return Reply.json({"application": "happy_vllm", "version": "1.1.15",
+                                   "vllm_version": self.version, "model_name": self.model})
             if req.path == "/v1/models":
                 return Reply.json({"object": "list", "data": [{"id": self.model, "owned_by": "vllm"}]})
             if req.path == "/health":

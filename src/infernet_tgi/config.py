@@ -148,9 +148,7 @@ def _upstream(env: Mapping[str, str]) -> dict[str, Any]:
         "api_key": env.get("TGI_INF_API_KEY") or None,
         "model": env.get("TGI_INF_MODEL") or None,
         "openai_flavor": _choice(env, "TGI_INF_OPENAI_FLAVOR", ("auto", "vllm", "tgi")),
-        "vllm_structured": _choice(
-            env, "TGI_INF_VLLM_STRUCTURED", ("auto", "structured_outputs", "guided")
-        ),
+        "vllm_structured": _choice(env, "TGI_INF_VLLM_STRUCTURED", ("auto", "structured_outputs", "guided")),
         "vast_endpoint": env.get("TGI_INF_VAST_ENDPOINT") or None,
     }
     urls = [u.strip() for u in env.get("TGI_INF_UPSTREAM_URLS", "").split(",") if u.strip()]
@@ -169,10 +167,14 @@ def _upstream(env: Mapping[str, str]) -> dict[str, Any]:
     for name, attr in (
         ("TGI_INF_POLL_INTERVAL", "poll_interval"),
         ("TGI_INF_HEALTH_INTERVAL", "health_interval"),
-        ("TGI_INF_VAST_COST", "vast_cost"),
     ):
         if env.get(name, "").strip():
             values[attr] = _positive(_number(env[name], name), name)
+    if env.get("TGI_INF_VAST_COST", "").strip():
+        cost = _number(env["TGI_INF_VAST_COST"], "TGI_INF_VAST_COST")
+        if cost <= 0:
+            raise ConfigError(f"TGI_INF_VAST_COST: must be a positive workload, got {cost:g}")
+        values["vast_cost"] = cost
     needs = {
         "runpod": [("TGI_INF_MODEL", values["model"])],
         "datacrunch": [("TGI_INF_MODEL", values["model"])],

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from eth_abi.abi import decode, encode
 
 from enginekit import engine_env, job, localtgi_url
 from fakeengines import FakeVLLM
@@ -118,6 +119,15 @@ async def test_vllm_form_follows_its_version(
     assert not any(k.startswith("guided_") for k in sent) or key == "guided_choice"
 
 
+async def test_happy_vllm_version_comes_from_its_info_route(app_for: Any) -> None:
+    with FakeVLLM(version="0.10.1", happy=True) as happy:
+        client = await app_for(engine_env(happy.url, TGI_INF_UPSTREAM_KIND="openai"))
+        status, body = await run(client, job({"text": "q", "parameters": {"response_pool": ["x", "y"]}}))
+        assert (status, body["output"]) == (200, "y")
+        assert happy.posts("/completions")[-1].body["guided_choice"] == ["x", "y"]
+        assert "/v1/info" in [r.path for r in happy.requests]
+
+
 async def test_vllm_json_format_answer_matches(app_for: Any, vllm_server: FakeVLLM) -> None:
     vllm_server.version = "0.13.1"
     client = await app_for(engine_env(vllm_server.url, TGI_INF_UPSTREAM_KIND="openai"))
@@ -188,6 +198,15 @@ async def test_localtgi_chat_route_response_pool(app_for: Any, tgi_url: str) -> 
     data = {"messages": [{"role": "user", "content": "Pick one"}], "parameters": {"response_pool": POOL}}
     status, body = await run(client, job(data))
     assert status == 200 and body["output"] in POOL, body
+
+
+async def test_localtgi_onchain_parameters_json_with_a_pool(app_for: Any, tgi_url: str) -> None:
+    """A contract can constrain its answer: abi.encode(prompt, '{"response_pool": [...]}')."""
+    client = await app_for(engine_env(tgi_url))
+    data = encode(["string", "string"], ["Yes or no?", json.dumps({"response_pool": ["yes", "no"]})]).hex()
+    status, body = await run(client, {"source": 0, "destination": 0, "data": data})
+    assert status == 200, body
+    assert decode(["string"], bytes.fromhex(body["raw_output"]))[0] in ("yes", "no")
 
 
 async def test_localtgi_truncated_json_is_reported(app_for: Any, tgi_url: str) -> None:

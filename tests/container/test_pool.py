@@ -14,7 +14,8 @@ import pytest
 from containerkit import Waits
 from enginekit import engine_env, free_port, job
 from faketgi import FakeTGI, Ok, Reset, Status
-from infernet_tgi.errors import UpstreamUnavailableError
+from infernet_tgi.config import Settings
+from infernet_tgi.errors import ConfigError, UpstreamUnavailableError
 from infernet_tgi.upstream.base import GenerationRequest
 from infernet_tgi.upstream.native import NativeTGI
 from infernet_tgi.upstream.pool import UpstreamPool
@@ -130,3 +131,32 @@ async def test_stream_fails_over_before_its_first_event(
     client = await app_for(engine_env(a.url, b.url))
     response = await client.post("/service_output", json=job({"text": "x"}, destination=2))
     assert (response.status_code, await response.get_data(as_text=True)) == (200, "from b")
+
+
+@pytest.mark.parametrize(
+    "env,fragment",
+    [
+        ({"TGI_INF_UPSTREAM_KIND": "sglang"}, "TGI_INF_UPSTREAM_KIND: expected one of tgi, openai, runpod"),
+        ({"TGI_INF_UPSTREAM_URLS": "http://a:1,ftp://b"}, "TGI_INF_UPSTREAM_URLS: 'ftp://b' is not"),
+        ({"TGI_INF_OPENAI_FLAVOR": "sglang"}, "TGI_INF_OPENAI_FLAVOR: expected one of auto, vllm, tgi"),
+        ({"TGI_INF_VLLM_STRUCTURED": "x"}, "TGI_INF_VLLM_STRUCTURED: expected one of auto"),
+        ({"TGI_INF_HEALTH_INTERVAL": "0"}, "TGI_INF_HEALTH_INTERVAL: must be a positive"),
+        ({"TGI_INF_VAST_COST": "-1"}, "TGI_INF_VAST_COST: must be a positive workload"),
+    ],
+)
+def test_upstream_settings_errors_name_the_variable(env: dict[str, str], fragment: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env(env)
+    assert fragment in str(info.value)
+
+
+def test_urls_override_the_positional_server_url() -> None:
+    settings = Settings.from_env({
+        "TGI_INF_WORKFLOW_POSITIONAL_ARGS": '["http://one:80", 5]',
+        "TGI_INF_UPSTREAM_URLS": " http://a:1/ , http://b:2",
+        "TGI_INF_API_KEY": "k",
+        "TGI_INF_TOKEN": "hf",
+    })
+    assert settings.urls == ("http://a:1", "http://b:2")
+    assert settings.upstream_headers() == {"Authorization": "Bearer k"}
+    assert Settings.from_env({"TGI_INF_WORKFLOW_POSITIONAL_ARGS": '["http://one:80"]'}).urls == ("http://one:80",)

@@ -7,12 +7,15 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 
 from enginekit import engine_env, job
 from fakeengines import FakeRunPod
 from infernet_tgi.config import Settings
 from infernet_tgi.errors import ConfigError
+from infernet_tgi.upstream.base import GenerationRequest
+from infernet_tgi.upstream.runpod import RunPodUpstream
 
 
 @pytest.fixture(scope="module")
@@ -135,3 +138,15 @@ def test_runpod_settings() -> None:
         Settings.from_env({"TGI_INF_UPSTREAM_KIND": "runpod", "TGI_INF_RUNPOD_ENDPOINT": "abc"})
     with pytest.raises(ConfigError, match="TGI_INF_RUNPOD_ENDPOINT"):
         Settings.from_env({"TGI_INF_UPSTREAM_KIND": "runpod", "TGI_INF_MODEL": "m"})
+
+
+async def test_stream_closed_early_cancels_the_job(runpod: FakeRunPod) -> None:
+    async with httpx.AsyncClient() as http:
+        upstream = RunPodUpstream(http, runpod.base, api_key=runpod.api_key, model="rp/model",
+                                  poll_interval=0.01)
+        request = GenerationRequest(prompt=" ".join(["w"] * 30), parameters={"max_new_tokens": 40})
+        events = upstream.stream(request)
+        first = await anext(events)
+        assert first.text == "echo:"
+        await events.aclose()  # type: ignore[attr-defined]
+    assert runpod.cancelled == [list(runpod.jobs)[-1]]
