@@ -1,0 +1,21 @@
+# The Infernet container: slim Python, no torch. Listens on 0.0.0.0:3000 as Infernet nodes expect.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    RUNTIME=docker \
+    TGI_INF_HOST=0.0.0.0 \
+    TGI_INF_PORT=3000
+
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY src ./src
+RUN pip install --no-cache-dir . && useradd --create-home --uid 10001 infernet
+USER infernet
+
+EXPOSE 3000
+HEALTHCHECK --interval=30s --timeout=3s CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:3000/', timeout=2)"
+# A node's `command` (e.g. "--bind=0.0.0.0:3000 --workers=2") replaces CMD and is honoured.
+ENTRYPOINT ["infernet-tgi"]
+CMD ["--host", "0.0.0.0", "--port", "3000"]
