@@ -31,7 +31,9 @@ async def run(client: Any, body: dict[str, Any]) -> tuple[int, Any]:
 
 async def test_offchain_onchain_and_stream_agree(app_for: Any, tgi: str) -> None:
     client = await app_for(env_for(tgi, TGI_INF_WORKFLOW_KW_ARGS=GREEDY))
-    direct = httpx.post(tgi + "/generate", json={"inputs": "The sky is", "parameters": GREEDY}).json()
+    async with httpx.AsyncClient() as http:
+        reply = await http.post(tgi + "/generate", json={"inputs": "The sky is", "parameters": GREEDY})
+    direct = reply.json()
 
     status, off = await run(client, {"source": 1, "destination": 1, "data": {"text": "The sky is"}})
     assert status == 200 and off["output"] == direct["generated_text"]
