@@ -30,8 +30,10 @@ pids+=($!)
 # The first run converts SmolLM2's GGUF into a local cache (progress above); later starts take seconds.
 wait_for "http://127.0.0.1:$TGI_PORT/health" localtgi "${pids[0]}" 600
 
+# SmolLM2 is an instruct model: text prompts go in as one user turn of its chat template.
 TGI_INF_WORKFLOW_POSITIONAL_ARGS="[\"http://127.0.0.1:$TGI_PORT\", 60]" \
-TGI_INF_WORKFLOW_KW_ARGS="${TGI_INF_WORKFLOW_KW_ARGS:-{\"max_new_tokens\": 48, \"do_sample\": false, \"stop\": [\"<|im_end|>\"]}}" \
+TGI_INF_WORKFLOW_KW_ARGS="${TGI_INF_WORKFLOW_KW_ARGS:-{\"max_new_tokens\": 64, \"do_sample\": false}}" \
+TGI_INF_PROMPT_AS_CHAT="${TGI_INF_PROMPT_AS_CHAT:-true}" \
   $PY -m infernet_tgi --host 127.0.0.1 --port "$PORT" &
 pids+=($!)
 wait_for "http://127.0.0.1:$PORT/" infernet-tgi "${pids[1]}" 30

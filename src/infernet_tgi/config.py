@@ -56,6 +56,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 3000
     log_level: str = "INFO"
+    prompt_as_chat: bool = False
     upstream_kind: str = "tgi"
     upstream_urls: tuple[str, ...] = ()
     api_key: str | None = None
@@ -112,6 +113,7 @@ class Settings:
             "bearer": env.get("TGI_INF_BEARER") or None,
             "host": env.get("TGI_INF_HOST", cls.host),
             "log_level": env.get("TGI_INF_LOG_LEVEL", cls.log_level).upper(),
+            "prompt_as_chat": _flag(env, "TGI_INF_PROMPT_AS_CHAT"),
         }
         for name, attr in (
             ("TGI_INF_MAX_NEW_TOKENS", "max_new_tokens_limit"),
@@ -244,6 +246,15 @@ def _str_map(value: Any, what: str) -> dict[str, str]:
     ):
         raise ConfigError(f"{POSITIONAL}/{KEYWORDS}: {what} must be an object of strings")
     return dict(value)
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise ConfigError(f"{name}: expected true or false, got {env[name]!r}")
 
 
 def _number(raw: str, name: str) -> float:

@@ -79,6 +79,9 @@ def parse_job(body: Any, settings: Settings) -> Job:
         # raw_input, so the consumer can tell which question an answer belongs to (a chat: its JSON).
         asked = prompt if messages is None else json.dumps(messages, ensure_ascii=False)
         raw_input = onchain.encode_text(asked) if job.destination == ONCHAIN else ""
+    if messages is None and settings.prompt_as_chat:
+        # An instruct model answers a bare prompt poorly; as one user turn its chat template applies.
+        messages = [{"role": "user", "content": prompt}]
     size = len(prompt) if messages is None else sum(len(m["content"]) for m in messages)
     if size > settings.max_prompt_chars:
         raise PayloadTooLargeError(

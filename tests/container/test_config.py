@@ -118,3 +118,10 @@ def test_settings_are_frozen() -> None:
     with pytest.raises(AttributeError):
         settings.timeout = 1  # type: ignore[misc]
     assert json.loads(json.dumps(settings.defaults.tgi_json())) == {}
+
+
+def test_prompt_as_chat_flag() -> None:
+    assert Settings.from_env({}).prompt_as_chat is False
+    assert Settings.from_env({"TGI_INF_PROMPT_AS_CHAT": "true"}).prompt_as_chat is True
+    with pytest.raises(ConfigError, match="TGI_INF_PROMPT_AS_CHAT: expected true or false"):
+        Settings.from_env({"TGI_INF_PROMPT_AS_CHAT": "maybe"})

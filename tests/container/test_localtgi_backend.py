@@ -72,3 +72,21 @@ async def test_seeded_sampling_is_reproducible_through_the_container(app_for: An
     body = {"source": 1, "destination": 1, "data": {"text": "Once", "parameters": params}}
     results = await asyncio.gather(*(run(client, body) for _ in range(3)))
     assert len({r[1]["output"] for r in results}) == 1
+
+
+async def test_prompt_as_chat_uses_the_models_chat_template(app_for: Any, tgi: str) -> None:
+    client = await app_for(env_for(tgi, TGI_INF_WORKFLOW_KW_ARGS=GREEDY, TGI_INF_PROMPT_AS_CHAT="true"))
+    chat = {
+        "model": "tgi",
+        "messages": [{"role": "user", "content": "Hello"}],
+        "max_tokens": 12,
+        "temperature": 0,
+    }
+    async with httpx.AsyncClient() as http:
+        direct = (await http.post(tgi + "/v1/chat/completions", json=chat)).json()
+    status, off = await run(client, {"source": 1, "destination": 1, "data": {"text": "Hello"}})
+    assert status == 200, off
+    assert off["output"] == direct["choices"][0]["message"]["content"]
+    data = encode(["string"], ["Hello"]).hex()
+    status, on = await run(client, {"source": 0, "destination": 0, "data": data})
+    assert decode(["string"], bytes.fromhex(on["raw_output"])) == (off["output"],)
