@@ -248,6 +248,14 @@ class Engine:
 
     def _work(self) -> None:
         torch.set_num_threads(self.threads)
+        padding = kvbatch.GemmPadding(self.loaded.model)
+        try:
+            self._loop_until_stopped()
+        finally:
+            padding.close()
+            self._shutdown()
+
+    def _loop_until_stopped(self) -> None:
         with torch.inference_mode():
             while True:
                 with self._cond:
@@ -270,7 +278,6 @@ class Engine:
                     self._fail_all(exc)
                 except Exception as exc:  # noqa: BLE001 - a model failure must not kill the worker
                     self._fail_all(GenerationError(f"{type(exc).__name__}: {exc}"))
-        self._shutdown()
 
     def _run_one_job(self, fn: Callable[[], Any], future: concurrent.futures.Future[Any]) -> None:
         if not future.set_running_or_notify_cancel():
