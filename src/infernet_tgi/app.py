@@ -81,7 +81,7 @@ def create_app(settings: Settings, *, sleep: Sleep | None = None, upstream: Upst
             settings.timeout,
             retry_params=settings.retry,
             http_client=client,
-            upstream=upstream if upstream is not None else build_upstream(settings, client),
+            upstream=upstream if upstream is not None else build_upstream(settings, client, metrics=metrics),
             metrics=metrics,
             sleep=sleep,
             **settings.defaults.tgi_json(),

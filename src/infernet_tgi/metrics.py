@@ -14,7 +14,8 @@ _DESTINATIONS = {0: "onchain", 1: "offchain", 2: "stream"}
 
 
 class Metrics:
-    """Jobs by source/destination/outcome, upstream latency, retries and jobs in flight."""
+    """Jobs by source/destination/outcome, upstream latency, retries, jobs in flight, and pool
+    failovers and members down."""
 
     content_type = CONTENT_TYPE_LATEST
 
@@ -41,6 +42,17 @@ class Metrics:
         )
         self.in_flight = Gauge(
             "infernet_tgi_jobs_in_flight", "Jobs being processed now.", registry=self.registry
+        )
+        self.failovers = Counter(
+            "infernet_tgi_upstream_failovers",
+            "Calls moved to the next pool member, by the error that caused the move.",
+            ["error"],
+            registry=self.registry,
+        )
+        self.upstreams_down = Gauge(
+            "infernet_tgi_upstreams_down",
+            "Pool members marked down and waiting for their health check to pass.",
+            registry=self.registry,
         )
 
     def job_done(self, source: int | None, destination: int | None, outcome: str) -> None:

@@ -66,6 +66,9 @@ async def test_failover_within_one_attempt_then_skip(
     for _ in range(4):
         assert (await run(client, job({"text": "x"})))[0] == 200
     assert (generate_calls(a), generate_calls(b)) == (1, 5)  # a is skipped while down
+    text = await (await client.get("/metrics")).get_data(as_text=True)
+    assert 'infernet_tgi_upstream_failovers_total{error="UpstreamUnavailableError"} 1.0' in text
+    assert "infernet_tgi_upstreams_down 1.0" in text
 
 
 async def test_overloaded_moves_on_without_marking_down(servers: tuple[FakeTGI, FakeTGI]) -> None:

@@ -7,11 +7,14 @@ always wrapped in a `Guard` (chat template, constraint checks).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal, cast
 
 import httpx
 
 from ..config import Settings
+from ..errors import UpstreamError
+from ..metrics import Metrics
 from .base import Upstream
 from .datacrunch import datacrunch_upstream
 from .guard import Guard
@@ -60,10 +63,22 @@ def build_member(settings: Settings, client: httpx.AsyncClient, url: str) -> Ups
     return NativeTGI(client, url)
 
 
-def build_upstream(settings: Settings, client: httpx.AsyncClient) -> Guard:
-    """The upstream the workflow calls."""
+def build_upstream(settings: Settings, client: httpx.AsyncClient, *, metrics: Metrics | None = None) -> Guard:
+    """The upstream the workflow calls; `metrics` counts a pool's failovers and members down."""
     members = [build_member(settings, client, url) for url in settings.urls]
-    inner: Upstream = (
-        members[0] if len(members) == 1 else UpstreamPool(members, recheck_interval=settings.health_interval)
-    )
+    inner: Upstream = members[0]
+    if len(members) > 1:
+        inner = UpstreamPool(
+            members,
+            recheck_interval=settings.health_interval,
+            on_failover=None if metrics is None else _count_failover(metrics),
+            on_down_count=None if metrics is None else metrics.upstreams_down.set,
+        )
     return Guard(inner, template=settings.chat_template)
+
+
+def _count_failover(metrics: Metrics) -> Callable[[UpstreamError], None]:
+    def count(exc: UpstreamError) -> None:
+        metrics.failovers.labels(type(exc).__name__).inc()
+
+    return count

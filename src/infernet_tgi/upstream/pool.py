@@ -41,6 +41,8 @@ class UpstreamPool:
         recheck_interval: float = 5.0,
         probe_timeout: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
+        on_failover: Callable[[UpstreamError], None] | None = None,
+        on_down_count: Callable[[int], None] | None = None,
     ) -> None:
         if not members:
             raise ValueError("a pool needs at least one member")
@@ -51,6 +53,8 @@ class UpstreamPool:
         self._next = 0
         self._down: dict[int, float] = {}  # member index -> when its next health check is due
         self._probes: dict[int, asyncio.Task[None]] = {}
+        self._on_failover = on_failover
+        self._on_down_count = on_down_count
 
     @property
     def url(self) -> str:
@@ -73,14 +77,22 @@ class UpstreamPool:
         healthy = [i for i in ring if i not in self._down]
         return healthy or ring
 
+    def _moved_on(self, exc: UpstreamError) -> None:
+        if self._on_failover is not None:
+            self._on_failover(exc)
+
     def _mark_down(self, index: int, exc: UpstreamError) -> None:
         if index not in self._down:
             log.warning("upstream %s is down, skipped until healthy: %s", self._members[index].url, exc)
         self._down[index] = self._clock() + self._recheck
+        if self._on_down_count is not None:
+            self._on_down_count(len(self._down))
 
     def _mark_up(self, index: int) -> None:
         if self._down.pop(index, None) is not None:
             log.info("upstream %s is healthy again", self._members[index].url)
+            if self._on_down_count is not None:
+                self._on_down_count(len(self._down))
 
     def _start_due_probes(self) -> None:
         now = self._clock()
@@ -119,9 +131,11 @@ class UpstreamPool:
                 generation = await self._members[index].generate(request)
             except UpstreamUnavailableError as exc:
                 self._mark_down(index, exc)
+                self._moved_on(exc)
                 last = exc
                 continue
             except _MOVE_ON as exc:
+                self._moved_on(exc)
                 last = exc
                 continue
             self._mark_up(index)
@@ -140,10 +154,12 @@ class UpstreamPool:
             except UpstreamUnavailableError as exc:
                 await _aclose(events)
                 self._mark_down(index, exc)
+                self._moved_on(exc)
                 last = exc
                 continue
             except _MOVE_ON as exc:
                 await _aclose(events)
+                self._moved_on(exc)
                 last = exc
                 continue
             except BaseException:
