@@ -316,6 +316,7 @@ class FakeRunPod(LoopbackServer):
     vllm: FakeVLLM = field(default_factory=lambda: FakeVLLM(version="0.12.0", model="rp/model"))
     jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
     cancelled: list[str] = field(default_factory=list)
+    sync_waits: list[str] = field(default_factory=list)
     _ids: Any = field(default_factory=lambda: itertools.count(1))
 
     def __post_init__(self) -> None:
@@ -337,7 +338,9 @@ class FakeRunPod(LoopbackServer):
         prefix = f"/v2/{self.endpoint}"
         if req.headers.get("authorization") != f"Bearer {self.api_key}":
             return Reply(401, b"")
-        path = req.path.removeprefix(prefix)
+        path, _, query = req.path.removeprefix(prefix).partition("?")
+        if path == "/runsync" and query:
+            self.sync_waits.append(query)
         if path == "/health" and req.method == "GET":
             return Reply.json({"jobs": {}, "workers": {"idle": 1}})
         if req.method == "POST" and path in ("/runsync", "/run"):

@@ -3,6 +3,7 @@ scripted loopback RunPod whose jobs run a vLLM rule set."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -62,7 +63,7 @@ async def test_runsync_completed(app_for: Any, runpod: FakeRunPod) -> None:
         "finish_reason": "eos_token",
         "usage": {"prompt_tokens": 2, "completion_tokens": 3},
     }
-    sent = runpod.posts("/runsync")[-1]
+    sent = runpod.posts("/runsync?wait=8000")[-1]  # 0.8 x the 10 s timeout: never a read timeout
     assert sent.headers["authorization"] == "Bearer rp-key"
     assert sent.body == {
         "input": {
@@ -84,7 +85,7 @@ async def test_runsync_unfinished_is_polled_on_status(app_for: Any, runpod: Fake
     assert status == 200 and body["output"] == "echo: hi", body
     polls = [r for r in runpod.requests if r.path.startswith("/v2/ep123/status/")]
     assert len(polls) == 4  # three IN_PROGRESS, then COMPLETED
-    assert runpod.posts("/runsync")[-1].body["input"]["openai_route"] == "/v1/chat/completions"
+    assert runpod.posts("/runsync?wait=8000")[-1].body["input"]["openai_route"] == "/v1/chat/completions"
 
 
 async def test_failed_job_is_a_generation_error(app_for: Any, runpod: FakeRunPod) -> None:
@@ -98,7 +99,7 @@ async def test_constraint_goes_to_vllm_inside_the_job(app_for: Any, runpod: Fake
     client = await app_for(runpod_env(runpod))
     status, body = await run(client, job({"text": "x", "parameters": {"response_pool": ["yes", "no"]}}))
     assert (status, body["output"]) == (200, "no")
-    sent = runpod.posts("/runsync")[-1].body["input"]["openai_input"]
+    sent = runpod.posts("/runsync?wait=8000")[-1].body["input"]["openai_input"]
     assert sent["structured_outputs"] == {"choice": ["yes", "no"]}
 
 
@@ -149,4 +150,15 @@ async def test_stream_closed_early_cancels_the_job(runpod: FakeRunPod) -> None:
         first = await anext(events)
         assert first.text == "echo:"
         await events.aclose()  # type: ignore[attr-defined]
+    assert runpod.cancelled == [list(runpod.jobs)[-1]]
+
+
+async def test_deadline_while_polling_cancels_the_job(runpod: FakeRunPod) -> None:
+    runpod.pending_polls = 1000
+    async with httpx.AsyncClient() as http:
+        upstream = RunPodUpstream(http, runpod.base, api_key=runpod.api_key, model="rp/model",
+                                  poll_interval=0.01)
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.2):
+                await upstream.generate(GenerationRequest(prompt="x", parameters={"max_new_tokens": 3}))
     assert runpod.cancelled == [list(runpod.jobs)[-1]]

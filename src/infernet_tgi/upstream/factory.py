@@ -48,6 +48,7 @@ def build_member(settings: Settings, client: httpx.AsyncClient, url: str) -> Ups
             model=settings.model or "",
             structured=structured,
             poll_interval=settings.poll_interval,
+            sync_wait=settings.timeout * 0.8,
         )
     if kind == "vast":
         return VastUpstream(

@@ -42,6 +42,7 @@ class RunPodUpstream:
         model: str,
         structured: Literal["auto", "structured_outputs", "guided"] = "auto",
         poll_interval: float = 0.5,
+        sync_wait: float = 20.0,
     ) -> None:
         self._client = client
         self._url = url.rstrip("/")
@@ -50,6 +51,7 @@ class RunPodUpstream:
         form = "structured_outputs" if structured == "auto" else structured
         self._dialect = Dialect("vllm", form)
         self._poll = poll_interval
+        self._sync_wait_ms = int(min(max(sync_wait, 1.0), 300.0) * 1000)  # RunPod: 1 s to 300 s
 
     @property
     def url(self) -> str:
@@ -78,10 +80,19 @@ class RunPodUpstream:
         return payload
 
     async def generate(self, request: GenerationRequest) -> Generation:
-        job = await self._call("POST", "/runsync", self._input(request, stream=False))
-        while job.get("status") in PENDING:
-            await asyncio.sleep(self._poll)
-            job = await self._call("GET", f"/status/{_job_id(job, self._url)}")
+        # `wait` keeps /runsync shorter than our read timeout: a timed-out /runsync would be retried
+        # as a second job, while an unfinished answer is simply polled.
+        job = await self._call(
+            "POST", f"/runsync?wait={self._sync_wait_ms}", self._input(request, stream=False)
+        )
+        try:
+            while job.get("status") in PENDING:
+                await asyncio.sleep(self._poll)
+                job = await self._call("GET", f"/status/{_job_id(job, self._url)}")
+        except BaseException:
+            if job.get("status") in PENDING and isinstance(job.get("id"), str):
+                await self._cancel(job["id"])  # deadline or disconnect: stop paying for the job
+            raise
         self._raise_unless_completed(job)
         return _generation(job.get("output"), chat=request.messages is not None, where=redact(self._url))
 
