@@ -147,55 +147,61 @@ class _BufferLayer(DynamicLayer):  # type: ignore[no-untyped-call]
     """A DynamicLayer that appends into spare room of a preallocated buffer.
 
     DynamicLayer concatenates (copies the whole layer) on every step; this writes one column and
-    hands out views, reallocating only every `_SPARE` steps.
+    hands out views, reallocating only every `SPARE` steps. `DecodeBatch` builds the buffers.
     """
 
-    _SPARE = 64
+    SPARE = 64
 
-    def __init__(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+    def __init__(self, kbuf: torch.Tensor, vbuf: torch.Tensor, length: int) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
-        self.dtype, self.device = keys.dtype, keys.device
+        self.dtype, self.device = kbuf.dtype, kbuf.device
         self.is_initialized = True
-        self._length = 0
-        self._kbuf = keys.new_empty((*keys.shape[:-2], 0, keys.shape[-1]))
-        self._vbuf = values.new_empty((*values.shape[:-2], 0, values.shape[-1]))
-        self.update(keys, values)
+        self.kbuf, self.vbuf, self.length = kbuf, vbuf, length
+        self.keys, self.values = kbuf[:, :, :length], vbuf[:, :, :length]
+
+    @classmethod
+    def of(cls, keys: torch.Tensor, values: torch.Tensor) -> _BufferLayer:
+        """A layer holding a copy of `keys`/`values` with spare room after them."""
+        length = keys.shape[-2]
+        kbuf = keys.new_empty((*keys.shape[:-2], length + cls.SPARE, keys.shape[-1]))
+        vbuf = values.new_empty((*values.shape[:-2], length + cls.SPARE, values.shape[-1]))
+        kbuf[:, :, :length] = keys
+        vbuf[:, :, :length] = values
+        return cls(kbuf, vbuf, length)
 
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        end = self._length + key_states.shape[-2]
-        if end > self._kbuf.shape[-2]:
-            self._kbuf = self._grow(self._kbuf, end + self._SPARE)
-            self._vbuf = self._grow(self._vbuf, end + self._SPARE)
-        self._kbuf[:, :, self._length : end] = key_states
-        self._vbuf[:, :, self._length : end] = value_states
-        self._length = end
-        self.keys = self._kbuf[:, :, :end]
-        self.values = self._vbuf[:, :, :end]
+        end = self.length + key_states.shape[-2]
+        if end > self.kbuf.shape[-2]:
+            self.kbuf = self._grow(self.kbuf, end + self.SPARE)
+            self.vbuf = self._grow(self.vbuf, end + self.SPARE)
+        self.kbuf[:, :, self.length : end] = key_states
+        self.vbuf[:, :, self.length : end] = value_states
+        self.length = end
+        self.keys = self.kbuf[:, :, :end]
+        self.values = self.vbuf[:, :, :end]
         return self.keys, self.values
 
     def _grow(self, buf: torch.Tensor, capacity: int) -> torch.Tensor:
         bigger = buf.new_empty((*buf.shape[:-2], capacity, buf.shape[-1]))
-        bigger[:, :, : self._length] = buf[:, :, : self._length]
+        bigger[:, :, : self.length] = buf[:, :, : self.length]
         return bigger
 
     def get_seq_length(self) -> int:
-        return self._length
+        return self.length
 
 
 def _cache_from(kv: KV) -> DynamicCache:
     cache = DynamicCache()
-    cache.layers = [_BufferLayer(keys, values) for keys, values in kv]
+    cache.layers = [_BufferLayer.of(keys, values) for keys, values in kv]
     return cache
 
 
-def _left_pad(t: torch.Tensor, length: int) -> torch.Tensor:
-    missing = length - t.shape[-2]
-    if missing == 0:
-        return t
-    pad = t.new_zeros((*t.shape[:-2], missing, t.shape[-1]))
-    return torch.cat([pad, t], dim=-2)
+def _cache_of(layers: list[_BufferLayer]) -> DynamicCache:
+    cache = DynamicCache()
+    cache.layers = list(layers)
+    return cache
 
 
 class DecodeBatch:
@@ -207,6 +213,7 @@ class DecodeBatch:
     def clear(self) -> None:
         """Drop every row."""
         self._cache: DynamicCache | None = None
+        self._layers: list[_BufferLayer] = []  # the cache's layers, typed
         self._mask = torch.zeros((0, 0), dtype=torch.long)  # 1 = real token, 0 = left padding
         self._positions = torch.zeros(0, dtype=torch.long)  # next position id of each row
 
@@ -218,32 +225,39 @@ class DecodeBatch:
     def width(self) -> int:
         return int(self._mask.shape[1])
 
+    def _buffer_layers(self) -> list[_BufferLayer]:
+        return self._layers
+
     def add(self, kvs: Sequence[KV]) -> None:
-        """Append rows (each a batch-1 cache from `prefill`) at the end of the batch."""
+        """Append rows (each a batch-1 cache from `prefill`) at the end of the batch.
+
+        Everything is left-aligned to the new common width in one copy into fresh buffers.
+        """
         if not kvs:
             return
-        current = _layers(self._cache) if self._cache is not None and self.size else None
+        old = self._buffer_layers() if self.size else []
         lengths = [kv[0][0].shape[-2] for kv in kvs]
-        width = max([self.width if current else 0, *lengths])
-        merged: KV = []
-        for layer in range(len(kvs[0])):
-            keys = [_left_pad(kv[layer][0], width) for kv in kvs]
-            values = [_left_pad(kv[layer][1], width) for kv in kvs]
-            if current:
-                keys.insert(0, _left_pad(current[layer][0], width))
-                values.insert(0, _left_pad(current[layer][1], width))
-            merged.append((torch.cat(keys, dim=0), torch.cat(values, dim=0)))
-        new_mask = torch.zeros((len(kvs), width), dtype=torch.long)
-        for row, length in enumerate(lengths):
-            new_mask[row, width - length :] = 1
-        old_mask = (
-            torch.cat([self._mask.new_zeros((self.size, width - self.width)), self._mask], dim=1)
-            if current
-            else self._mask.new_zeros((0, width))
-        )
-        self._mask = torch.cat([old_mask, new_mask], dim=0)
+        width = max([self.width, *lengths])
+        rows = self.size + len(kvs)
+        layers = []
+        for idx in range(len(kvs[0])):
+            proto = kvs[0][idx][0]
+            shape = (rows, proto.shape[1], width + _BufferLayer.SPARE, proto.shape[-1])
+            kbuf, vbuf = proto.new_zeros(shape), proto.new_zeros(shape)  # padding must be finite
+            if old:
+                kbuf[: self.size, :, width - self.width : width] = old[idx].kbuf[:, :, : self.width]
+                vbuf[: self.size, :, width - self.width : width] = old[idx].vbuf[:, :, : self.width]
+            for j, (kv, length) in enumerate(zip(kvs, lengths, strict=True)):
+                kbuf[self.size + j, :, width - length : width] = kv[idx][0][0]
+                vbuf[self.size + j, :, width - length : width] = kv[idx][1][0]
+            layers.append(_BufferLayer(kbuf, vbuf, width))
+        mask = torch.zeros((rows, width), dtype=torch.long)
+        mask[: self.size, width - self.width :] = self._mask
+        for j, length in enumerate(lengths):
+            mask[self.size + j, width - length :] = 1
+        self._mask = mask
         self._positions = torch.cat([self._positions, torch.tensor(lengths, dtype=torch.long)])
-        self._cache = _cache_from(merged)
+        self._layers, self._cache = layers, _cache_of(layers)
 
     def keep(self, rows: Sequence[int]) -> None:
         """Keep only `rows` (in this order); drop columns that are padding in every kept row."""
@@ -256,13 +270,18 @@ class DecodeBatch:
         mask = self._mask.index_select(0, index)
         used = mask.any(dim=0).nonzero()
         start = int(used[0]) if used.numel() else mask.shape[1]
-        kv = [
-            (k.index_select(0, index)[:, :, start:], v.index_select(0, index)[:, :, start:])
-            for k, v in _layers(self._cache)
-        ]
+        width = self.width - start
+        layers = []
+        for layer in self._buffer_layers():
+            shape = (len(rows), layer.kbuf.shape[1], width + _BufferLayer.SPARE, layer.kbuf.shape[-1])
+            kbuf, vbuf = layer.kbuf.new_empty(shape), layer.vbuf.new_empty(shape)
+            for j, row in enumerate(rows):
+                kbuf[j, :, :width] = layer.kbuf[row, :, start : self.width]
+                vbuf[j, :, :width] = layer.vbuf[row, :, start : self.width]
+            layers.append(_BufferLayer(kbuf, vbuf, width))
         self._mask = mask[:, start:].contiguous()
         self._positions = self._positions.index_select(0, index)
-        self._cache = _cache_from([(k.contiguous(), v.contiguous()) for k, v in kv])
+        self._layers, self._cache = layers, _cache_of(layers)
 
     def step(self, model: Any, last_tokens: Sequence[int]) -> torch.Tensor:
         """One decode step for every row; returns logits [rows, vocab]."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import copy
 import dataclasses
 import json
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 import torch
 
+from localtgi import batch as kvbatch
 from localtgi.engine import Engine, GenerationStream, _Detokenizer
 from localtgi.engine_types import FinishEvent, GrammarSpec, SamplingParams, TokenEvent
 from localtgi.errors import IncompleteGenerationError
@@ -192,6 +194,66 @@ def test_detokenizer_holds_back_split_utf8(tiny: LoadedModel) -> None:
     assert "".join(pieces) == text
     assert "" in pieces  # the emoji spans several byte tokens
     assert all("\ufffd" not in p for p in pieces)
+
+
+def reference_next_logits(lm: LoadedModel, ids: list[int]) -> torch.Tensor:
+    with torch.inference_mode():
+        return lm.model(torch.tensor([ids])).logits[0, -1]
+
+
+def test_decode_batch_rows_join_and_leave_without_changing_results(tiny: LoadedModel) -> None:
+    prompts = [ids(tiny, t) for t in ("Hello world", "The capital of France is", "x", "42")]
+    histories = [list(p) for p in prompts]
+    batch = kvbatch.DecodeBatch()
+    with torch.inference_mode():
+        for p in prompts[:2]:
+            logits, kv = kvbatch.prefill(tiny.model, p)
+            batch.add([kv])
+            histories[prompts.index(p)].append(int(logits.argmax()))
+        rows = [0, 1]
+        for step in range(12):
+            if step == 3:  # two rows join a running batch of different widths
+                kvs = []
+                for i in (2, 3):
+                    logits, kv = kvbatch.prefill(tiny.model, prompts[i])
+                    kvs.append(kv)
+                    histories[i].append(int(logits.argmax()))
+                batch.add(kvs)
+                rows += [2, 3]
+            if step == 7:  # the longest row leaves; leading padding columns get trimmed
+                batch.keep([0, 2, 3])
+                rows = [0, 2, 3]
+            out = batch.step(tiny.model, [histories[r][-1] for r in rows])
+            for row, r in enumerate(rows):
+                want = reference_next_logits(tiny, histories[r])
+                torch.testing.assert_close(out[row], want, atol=1e-4, rtol=1e-4)
+                histories[r].append(int(out[row].argmax()))
+    assert batch.size == 3
+
+
+def test_gemm_padding_only_on_its_thread_and_removable(tiny: LoadedModel) -> None:
+    x = torch.tensor([list(range(100, 112))])  # 12 rows: padded to 16
+    calls: list[int] = []
+
+    def run() -> torch.Tensor:
+        out: torch.Tensor = tiny.model(x).logits
+        return out
+
+    with torch.inference_mode():
+        plain = run()
+        padding = kvbatch.GemmPadding(tiny.model)
+        hook = tiny.model.lm_head.register_forward_pre_hook(
+            lambda _m, a: calls.append(a[0].numel() // a[0].shape[-1])
+        )
+        padded = run()
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pool.submit(run).result()  # another thread: untouched
+        padding.close()
+        run()
+        hook.remove()
+    torch.testing.assert_close(padded, plain, atol=1e-4, rtol=1e-4)
+    assert padded.shape == plain.shape
+    assert calls == [16, 12, 12]
 
 
 # ----- SmolLM2: one loaded model, real text ------------------------------------------------------
