@@ -174,11 +174,11 @@ def create_app(settings: Settings, *, sleep: Sleep | None = None, upstream: Upst
 
     @app.get("/service-resources")
     async def service_resources() -> Response:
-        model_id, engine_version = await _model_info(workflow().upstream)
+        model_id, engine_version, engine = await _model_info(workflow().upstream)
         wanted = request.args.get("model_id")
         if wanted is not None:
             return _json({"supported": model_id is not None and wanted == model_id})
-        return _json(_resources(model_id, engine_version))
+        return _json(_resources(model_id, engine_version, engine))
 
     @app.get("/metrics")
     async def metrics_route() -> Response:
@@ -239,21 +239,24 @@ async def _chunks(deltas: AsyncIterator[StreamDelta], deadline: float) -> AsyncI
             await close()
 
 
-async def _model_info(upstream: Upstream) -> tuple[str | None, str | None]:
+async def _model_info(upstream: Upstream) -> tuple[str | None, str | None, str | None]:
+    """Model id, engine version and engine name (`engine` in the info of non-TGI upstreams)."""
     try:
         async with asyncio.timeout(2.0):
             info = await upstream.info()
     except (InfernetTGIError, TimeoutError):
-        return None, None
+        return None, None, None
     model_id = info.get("model_id")
     version = info.get("version")
+    engine = info.get("engine")
     return (
         model_id if isinstance(model_id, str) else None,
         version if isinstance(version, str) else None,
+        engine if isinstance(engine, str) else None,
     )
 
 
-def _resources(model_id: str | None, engine_version: str | None) -> dict[str, Any]:
+def _resources(model_id: str | None, engine_version: str | None, engine: str | None) -> dict[str, Any]:
     disk = shutil.disk_usage("/")
     return {
         "version": __version__,
@@ -273,7 +276,7 @@ def _resources(model_id: str | None, engine_version: str | None) -> dict[str, An
                 "task": ["text_generation"],
                 "models": [model_id] if model_id else [],
                 "cached_models": [],
-                "inference_engine": "tgi" if engine_version else None,
+                "inference_engine": engine or ("tgi" if engine_version else None),
                 "inference_engine_version": engine_version,
             }
         ],

@@ -141,6 +141,7 @@ async def test_service_resources_names_the_openai_model(app_for: Any, vllm: Fake
     capability = body["compute_capability"][0]
     assert capability["models"] == ["fake/vllm-model"]
     assert capability["inference_engine_version"] == "0.12.0"
+    assert capability["inference_engine"] == "vllm"
 
 
 # -- localtgi's OpenAI routes (TGI's Messages API and /v1/completions) --------------------------------
