@@ -137,7 +137,10 @@ def test_recurring_guards(stack: Stack, accounts: Accounts) -> None:
 
 
 def test_empty_answer_is_stored(stack: Stack, accounts: Accounts) -> None:
-    """Empty text, encoded as the container encodes it: abi.encode(string "") (64 bytes)."""
+    """Empty text, encoded as the container encodes it: abi.encode(string "") (64 bytes).
+
+    test_onchain_e2e.py::test_empty_answer_from_real_container gets the same bytes from the container.
+    """
     sub_id = prompt_subscription(stack, accounts.stranger, "say nothing")
     stack.deliver(accounts.node, sub_id, 1, container_result(""))
     assert answers(stack, sub_id) == [(accounts.node.address, "")]

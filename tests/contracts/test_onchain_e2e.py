@@ -97,6 +97,21 @@ def test_prompt_with_parameters_reaches_the_container(
     assert short != full
 
 
+def test_empty_answer_from_real_container(
+    stack: Stack, accounts: Accounts, container_url: str
+) -> None:
+    """An empty answer produced by the container itself: the regex grammar `()` allows only ""."""
+    grammar = {"grammar": {"type": "regex", "value": "()"}}
+    call = stack.prompter.functions.promptLLMWithParameters("Say nothing.", json.dumps(grammar))
+    receipt = chain.transact(stack.w3, accounts.stranger, call, "promptLLMWithParameters")
+    sub_id = chain.events(stack.prompter.events.PromptRequested, receipt)[0]["subscriptionId"]
+    result, receipt = play_node(stack, container_url, stack.prompter, sub_id, accounts.node)
+    assert result["raw_output"] == encode(["string"], [""]).hex()
+    (event,) = chain.events(stack.prompter.events.AnswerReceived, receipt)
+    assert event["answer"] == ""
+    assert stored(stack.prompter, sub_id) == [""]
+
+
 def test_container_error_is_not_delivered(
     stack: Stack, accounts: Accounts, broken_container_url: str
 ) -> None:
