@@ -94,6 +94,9 @@ def create_app(settings: Settings, model: LoadedModel | None = None) -> Quart:
             return None
         given = request.headers.get("authorization", "")
         if given.lower() != f"bearer {settings.api_key}".lower():
+            # Read the body first: answering before it is consumed makes hypercorn drop the
+            # connection, which breaks clients that reuse it.
+            await request.get_data()
             return Response(b"", status=401)
         return None
 

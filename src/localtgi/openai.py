@@ -1,4 +1,5 @@
-"""The OpenAI-compatible routes as TGI serves them: `/v1/chat/completions` and `/v1/completions`.
+"""The OpenAI-compatible routes as TGI serves them: `/v1/chat/completions`, `/v1/completions` and
+`/chat_tokenize`.
 
 Register `routes` on the app (create_app does). Requests are translated into TGI `GenerateParameters`
 with TGI's mapping rules (PROTOCOL.md §5.9: temperature 0 means greedy, presence_penalty p becomes
@@ -51,7 +52,7 @@ from localtgi.protocol import (
     Usage,
 )
 from localtgi.server import Server, error_message, server
-from localtgi.tgi import KEEPALIVE_SECONDS, read_body, sse_response
+from localtgi.tgi import KEEPALIVE_SECONDS, compact_json, read_body, simple_tokens, sse_response
 
 routes = Blueprint("openai", __name__)
 
@@ -223,6 +224,16 @@ async def _chat_events(
     except LocalTGIError as exc:
         yield _stream_error(exc)
     yield sse.DONE
+
+
+@routes.post("/chat_tokenize")
+async def chat_tokenize() -> Response:
+    """The chat template applied and tokenized: what the model would see for these messages."""
+    req = await read_body(ChatRequest)
+    srv = server()
+    prompt = await render_chat(srv, req.messages)
+    tokens = await asyncio.to_thread(simple_tokens, srv.model.tokenizer, prompt, add_special_tokens=False)
+    return compact_json({"tokenize_response": tokens, "templated_text": prompt})
 
 
 def completion_parameters(req: CompletionRequest) -> GenerateParameters:

@@ -245,26 +245,38 @@ async def health() -> Response:
     return Response(b"", status=200, content_type="text/plain")
 
 
+def simple_tokens(
+    tokenizer: Any, text: str, *, add_special_tokens: bool, truncate: int | None = None
+) -> list[dict[str, Any]]:
+    """TGI's /tokenize items for `text` (blocking): id, text and character offsets; tokens without a
+    span (added specials) show their own text."""
+    enc = tokenizer(text, add_special_tokens=add_special_tokens, return_offsets_mapping=True)
+    pairs = list(zip(enc["input_ids"], enc["offset_mapping"], strict=True))
+    if truncate:
+        pairs = pairs[-truncate:]
+    out = []
+    for token_id, (start, stop) in pairs:
+        piece = text[start:stop] if stop > start else str(tokenizer.decode([token_id]))
+        out.append(SimpleToken(id=token_id, text=piece, start=start, stop=stop).wire())
+    return out
+
+
+def compact_json(payload: Any) -> Response:
+    body = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+    return Response(body, content_type="application/json")
+
+
 @routes.post("/tokenize")
 async def tokenize() -> Response:
     req = await read_body(GenerateRequest)
-    tokenizer = server().model.tokenizer
-
-    def run() -> list[dict[str, Any]]:
-        enc = tokenizer(req.inputs, add_special_tokens=True, return_offsets_mapping=True)
-        pairs = list(zip(enc["input_ids"], enc["offset_mapping"], strict=True))
-        if req.parameters.truncate:
-            pairs = pairs[-req.parameters.truncate :]
-        out = []
-        for token_id, (start, stop) in pairs:
-            text = req.inputs[start:stop] if stop > start else str(tokenizer.decode([token_id]))
-            out.append(SimpleToken(id=token_id, text=text, start=start, stop=stop).wire())
-        return out
-
-    tokens = await asyncio.to_thread(run)
-    return Response(
-        json.dumps(tokens, ensure_ascii=False, separators=(",", ":")), content_type="application/json"
+    tokens = await asyncio.to_thread(
+        simple_tokens,
+        server().model.tokenizer,
+        req.inputs,
+        add_special_tokens=True,
+        truncate=req.parameters.truncate,
     )
+    return compact_json(tokens)
 
 
 @routes.get("/metrics")

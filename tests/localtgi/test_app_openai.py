@@ -150,3 +150,14 @@ async def test_completion_stream_error_event(localtgi: RunningServer) -> None:
     assert events[0]["error"]["http_status_code"] == 422
     r = await post(localtgi, "/v1/completions", {"prompt": [], "max_tokens": 2})
     assert r.status_code == 422 and "Empty array" in r.text
+
+
+async def test_chat_tokenize(localtgi: RunningServer) -> None:
+    r = await post(localtgi, "/chat_tokenize", CHAT)
+    body = r.json()
+    prompt = ("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
+              "<|im_start|>assistant\n")
+    assert body["templated_text"] == prompt
+    assert "".join(t["text"] for t in body["tokenize_response"]) == prompt
+    assert body["tokenize_response"][0] == {"id": localtgi.state.model.tokenizer.convert_tokens_to_ids(
+        "<|im_start|>"), "text": "<|im_start|>", "start": 0, "stop": 12}
