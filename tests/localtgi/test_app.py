@@ -350,3 +350,20 @@ async def test_api_key_and_health_aliases(tiny_model: LoadedModel) -> None:
                 assert (await c.get(path)).status_code == 200, path
     finally:
         server.close()
+
+
+async def test_text_generation_07_payload(localtgi: RunningServer) -> None:
+    """The body the old `text-generation` 0.7.0 client sends: every field present, most null."""
+    parameters = {"best_of": None, "details": True, "decoder_input_details": False,
+                  "do_sample": False, "max_new_tokens": 5, "repetition_penalty": None,
+                  "frequency_penalty": None, "return_full_text": False, "seed": None, "stop": [],
+                  "temperature": None, "top_k": None, "top_n_tokens": None, "top_p": None,
+                  "truncate": None, "typical_p": None, "watermark": False, "grammar": None}
+    r = await post(localtgi, "/", {"inputs": "Hello", "parameters": parameters, "stream": False})
+    [answer] = r.json()
+    assert set(answer["details"]) == {"finish_reason", "generated_tokens", "seed", "prefill", "tokens"}
+    del parameters["best_of"], parameters["decoder_input_details"]
+    s = await post(localtgi, "/", {"inputs": "Hello", "parameters": parameters, "stream": True})
+    events = sse_events(s.content)
+    assert events[-1]["generated_text"] == answer["generated_text"]
+    assert all(e["generated_text"] is None for e in events[:-1])
