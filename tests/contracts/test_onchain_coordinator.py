@@ -8,7 +8,7 @@ end-to-end tests replace them with real container output.
 from __future__ import annotations
 
 import pytest
-from conftest import Accounts, Stack, prompt_subscription
+from chainkit import Accounts, Stack, prompt_subscription
 from eth_abi import decode, encode
 from eth_utils import keccak
 from node_codec import WedgedInterval, container_result, delivery_from_result

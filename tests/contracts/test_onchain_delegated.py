@@ -8,7 +8,7 @@ EIP712Coordinator does (domain "InfernetCoordinator" v1, chain id, verifying con
 from __future__ import annotations
 
 import pytest
-from conftest import Accounts, Stack
+from chainkit import Accounts, Stack
 from eth_abi import encode
 from eth_account.signers.local import LocalAccount
 from eth_utils import keccak

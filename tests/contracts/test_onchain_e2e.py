@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import Accounts, Stack, prompt_subscription
+from chainkit import Accounts, Stack, prompt_subscription
 from eth_abi import decode, encode
 from node_codec import delivery_from_result
 from node_double import NodeChain, NodeDouble

@@ -12,7 +12,7 @@ import threading
 import time
 
 import pytest
-from conftest import Accounts, Stack, free_port
+from chainkit import Accounts, Stack, free_port
 from node_codec import container_result
 
 import chain
