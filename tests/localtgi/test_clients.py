@@ -84,3 +84,13 @@ async def test_openai_sdk(localtgi: RunningServer) -> None:
             async for _ in await client.chat.completions.create(
                 model="tgi", messages=messages, top_p=1.0, stream=True):
                 pass
+
+
+async def test_hub_chat_completion(localtgi: RunningServer) -> None:
+    client = AsyncInferenceClient(base_url=localtgi.url)
+    messages = [{"role": "user", "content": "Hi"}]
+    out = await client.chat_completion(messages, max_tokens=4, temperature=0)
+    assert out.choices[0].finish_reason == "length" and out.usage.completion_tokens == 4
+    chunks = [c async for c in await client.chat_completion(
+        messages, max_tokens=4, temperature=0, stream=True)]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == out.choices[0].message.content
