@@ -295,18 +295,15 @@ class Engine:
                 continue
             try:
                 logits, kv = kvbatch.prefill(self.loaded.model, seq.prompt, self._prefix)
-                self._advance(seq, logits)
-            except LocalTGIError as exc:
-                self._fail(seq, exc)
-                continue
             except Exception as exc:  # noqa: BLE001 - only this request fails
                 self._fail(seq, GenerationError(f"{type(exc).__name__}: {exc}"))
                 continue
-            if not seq.finished:
+            if self._advance_or_fail(seq, logits):
                 kvs.append(kv)
                 joined.append(seq)
-        self._batch.add(kvs)
+        # Joined first: if merging fails, _fail_all reaches them too.
         self._active.extend(joined)
+        self._batch.add(kvs)
 
     def _drop_finished(self) -> None:
         keep = [i for i, s in enumerate(self._active) if not (s.finished or s.stream.cancelled)]
@@ -318,11 +315,24 @@ class Engine:
         logits = self._batch.step(self.loaded.model, [s.last_token for s in self._active])
         for row, seq in enumerate(self._active):
             if not seq.stream.cancelled:
-                self._advance(seq, logits[row])
+                self._advance_or_fail(seq, logits[row])
+        self._drop_finished()
+
+    def _advance_or_fail(self, seq: _Sequence, logits: torch.Tensor) -> bool:
+        """`_advance`, failing only this sequence on error; True while it goes on."""
+        try:
+            self._advance(seq, logits)
+        except LocalTGIError as exc:
+            self._fail(seq, exc)
+        except Exception as exc:  # noqa: BLE001 - a bad row must not take the batch down
+            self._fail(seq, GenerationError(f"{type(exc).__name__}: {exc}"))
+        return not seq.finished
 
     def _advance(self, seq: _Sequence, logits: torch.Tensor) -> None:
         """Choose, emit and account one token of `seq` from its next-token logits."""
         allowed = seq.matcher.allowed() if seq.matcher is not None else None
+        if allowed is not None and not bool(allowed.any()):
+            raise GenerationError("the grammar allows no further token")
         choice = seq.chooser.choose(logits, allowed)
         token = choice.token_id
         seq.chooser.accept(token)

@@ -17,7 +17,7 @@ import torch
 from localtgi import batch as kvbatch
 from localtgi.engine import Engine, GenerationStream, _Detokenizer
 from localtgi.engine_types import FinishEvent, GrammarSpec, SamplingParams, TokenEvent
-from localtgi.errors import IncompleteGenerationError
+from localtgi.errors import GenerationError, IncompleteGenerationError
 from localtgi.models import LoadedModel, load_model
 
 
@@ -150,6 +150,17 @@ async def test_stop_fails_inflight_streams(tiny: LoadedModel) -> None:
     with pytest.raises(IncompleteGenerationError):
         async for _ in stream:
             pass
+
+
+async def test_a_failing_request_fails_alone(tiny: LoadedModel, engine: Engine) -> None:
+    good = engine.submit(ids(tiny, "one"), SamplingParams(max_new_tokens=30))
+    await good.__anext__()
+    bad = engine.submit([len(tiny.tokenizer) + 1000], SamplingParams(max_new_tokens=5))
+    with pytest.raises(GenerationError):
+        await bad.__anext__()
+    _, finish = await run(good)
+    assert finish.generated_tokens == 30
+    await wait_for(lambda: engine.active == 0)
 
 
 async def test_batch_limit_queues_and_everyone_finishes(tiny: LoadedModel) -> None:
