@@ -182,6 +182,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ModelLoadError, SettingsError) as exc:
         print(f"localtgi: error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C while the model loads or converts
+        print("localtgi: interrupted", file=sys.stderr)
+        return 130
     app = create_app(settings, model)
 
     def announce(port: int) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import signal
+import socket
 import subprocess
 import sys
 
@@ -48,3 +49,14 @@ def test_bad_model_and_bad_flags_exit_non_zero() -> None:
         _, err = proc.communicate(timeout=60)
     assert proc.returncode == 2
     assert "`max_input_tokens` must be < `max_total_tokens`. Given: 100 and 50" in err
+
+
+def test_port_in_use_exits_non_zero() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with launch("--model-id", "tiny", "--port", str(port)) as proc:
+            out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and "localtgi ready" not in out
+    assert f"localtgi: error: cannot serve on http://127.0.0.1:{port}: " in err
