@@ -10,11 +10,11 @@ as transformers' `apply_chat_template` does.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from jinja2 import TemplateError
+from jinja2 import Template, TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from .errors import ConfigError, UpstreamValidationError
@@ -62,6 +62,20 @@ class ChatTemplate:
     bos_token: str = ""
     eos_token: str = ""
     name: str = "custom"
+    _compiled: Template | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+
+        def raise_exception(message: str) -> None:
+            raise TemplateError(message)
+
+        env.globals["raise_exception"] = raise_exception
+        try:
+            compiled = env.from_string(self.source)
+        except TemplateError as exc:
+            raise ConfigError(f"chat template ({self.name}) does not compile: {exc}") from exc
+        object.__setattr__(self, "_compiled", compiled)  # frozen: compiled once, here
 
     @classmethod
     def load(cls, spec: str, *, setting: str = "TGI_INF_CHAT_TEMPLATE") -> ChatTemplate:
@@ -81,7 +95,10 @@ class ChatTemplate:
                     f"{setting}: expected one of {sorted(BUILTIN)}, a Jinja2 chat template or "
                     f"@/path/to/template, got {spec[:40]!r}"
                 )
-            template = cls(spec)
+            try:
+                template = cls(spec)
+            except ConfigError as exc:
+                raise ConfigError(f"{setting}: {exc}") from exc
         try:
             template.render([{"role": "user", "content": "probe"}])
         except UpstreamValidationError as exc:
@@ -90,14 +107,9 @@ class ChatTemplate:
 
     def render(self, messages: Sequence[dict[str, Any]]) -> str:
         """The prompt for `messages`; a template error (e.g. a role it refuses) is a 422."""
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-
-        def raise_exception(message: str) -> None:
-            raise TemplateError(message)
-
-        env.globals["raise_exception"] = raise_exception
+        assert self._compiled is not None
         try:
-            return env.from_string(self.source).render(
+            return self._compiled.render(
                 messages=list(messages),
                 add_generation_prompt=True,
                 bos_token=self.bos_token,
