@@ -22,6 +22,7 @@ from .protocol import GenerationParameters
 from .retry import RetryParams, RetryPolicy, Sleep
 from .upstream.base import Generation, GenerationRequest, StreamDelta, Upstream
 from .upstream.tgi import TGIUpstream
+from .upstream.transport import PooledClient
 
 
 class TgiInferenceRequest(BaseModel):
@@ -73,9 +74,7 @@ class TGIClientInferenceWorkflow:
         """Open the HTTP client (when none was passed in). Never calls the backend: a backend that
         is down at startup makes jobs fail with 503, not the container crash-loop."""
         if self._client is None:
-            self._client = httpx.AsyncClient(
-                timeout=httpx.Timeout(self.timeout), headers=self.headers, cookies=self.cookies
-            )
+            self._client = PooledClient(headers=self.headers, cookies=self.cookies, timeout=self.timeout)
         if self._upstream is None:
             self._upstream = TGIUpstream(self._client, self.server_url)
         self.is_setup = True
