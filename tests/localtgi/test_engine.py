@@ -19,6 +19,7 @@ from localtgi.engine import Engine, GenerationStream, _Detokenizer
 from localtgi.engine_types import FinishEvent, GrammarSpec, SamplingParams, TokenEvent
 from localtgi.errors import GenerationError, IncompleteGenerationError
 from localtgi.models import LoadedModel, load_model
+from localtgi.sampling import watermark_z_score
 
 
 @pytest.fixture(scope="module")
@@ -95,9 +96,10 @@ async def test_stop_sequence_ends_generation_and_is_kept(tiny: LoadedModel, engi
 
 
 def with_eos_bias(lm: LoadedModel, bias: float) -> LoadedModel:
-    """A copy of the tiny model whose eos logit is raised by `bias` at every position."""
+    """A copy of the tiny model whose eos logits are shifted by `bias` at every position
+    (positive: `<|im_end|>` only, so it wins at once; negative: every eos token, so none is drawn)."""
     model = copy.deepcopy(lm.model)
-    eos = lm.tokenizer.eos_token_id
+    eos = [lm.tokenizer.eos_token_id] if bias > 0 else sorted(lm.eos_token_ids)
 
     def hook(_m: Any, _inp: Any, out: torch.Tensor) -> torch.Tensor:
         out = out.clone()
@@ -118,6 +120,23 @@ async def test_eos_token_finishes_with_special_event(tiny: LoadedModel) -> None:
     assert finish.finish_reason == "eos_token"
     assert [(t.id, t.text, t.special) for t in tokens] == [(2, "<|im_end|>", True)]
     assert finish.generated_text == "" and finish.generated_tokens == 1
+
+
+async def test_watermarked_generation_is_detected(tiny: LoadedModel) -> None:
+    eng = Engine(with_eos_bias(tiny, -100.0))  # no early eos: 150 tokens to score
+    await eng.start()
+    prompt = ids(tiny, "The quick")
+    scores = {}
+    try:
+        for watermark in (True, False):
+            params = SamplingParams(do_sample=True, seed=3, watermark=watermark, max_new_tokens=150)
+            tokens, _ = await run(eng.submit(prompt, params))
+            assert len(tokens) == 150
+            scores[watermark] = watermark_z_score([prompt[-1], *(t.id for t in tokens)], eng.vocab_size)
+    finally:
+        await eng.stop()
+    assert scores[True] > 4.0, scores
+    assert abs(scores[False]) < 3.0
 
 
 async def test_cancel_frees_the_slot_and_spares_the_others(tiny: LoadedModel, engine: Engine) -> None:
