@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 from localtgi.app import create_app
 from localtgi.cli import serve
 from localtgi.models import LoadedModel
 from localtgi.server import EXTENSION, Server
 from localtgi.settings import Settings
+
+T = TypeVar("T")
 
 
 class RunningServer:
@@ -53,6 +57,11 @@ class RunningServer:
         if self._loop is not None and self._stop is not None:
             self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(15)
+
+    async def run_on_server(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Await `coro` on the server's own event loop (e.g. to stop its engine mid-request)."""
+        assert self._loop is not None
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self._loop))
 
     @property
     def url(self) -> str:

@@ -190,6 +190,10 @@ class Inference:
                     prefill = await self.engine.prefill(request.input_ids)
             finally:
                 permit.release()
+        except IncompleteGenerationError as exc:
+            self.metrics.failure(error_label(exc))
+            # The engine says "... stream" for every unfinished request; TGI's non-stream text differs.
+            raise IncompleteGenerationError("Incomplete generation") from exc
         except LocalTGIError as exc:
             self.metrics.failure(error_label(exc))
             raise

@@ -122,10 +122,9 @@ def compute_headers(srv: Server, outcome: Outcome) -> dict[str, str]:
 
 
 def stream_error(exc: LocalTGIError) -> dict[str, Any]:
-    payload = error_payload(exc)
     if isinstance(exc, IncompleteGenerationError):
-        payload["error_type"] = "incomplete_generation_stream"
-    return payload
+        return {"error": "Incomplete generation stream", "error_type": "incomplete_generation_stream"}
+    return error_payload(exc)
 
 
 async def tgi_events(parameters: GenerateParameters, stream: TokenStream) -> AsyncIterator[bytes]:

@@ -367,3 +367,29 @@ async def test_text_generation_07_payload(localtgi: RunningServer) -> None:
     events = sse_events(s.content)
     assert events[-1]["generated_text"] == answer["generated_text"]
     assert all(e["generated_text"] is None for e in events[:-1])
+
+
+async def test_engine_stopping_mid_request(tiny_model: LoadedModel) -> None:
+    """Unfinished generations end with TGI's incomplete-generation errors (an event on streams)."""
+    server = RunningServer(Settings(model_id="tiny", hostname="127.0.0.1", port=0), tiny_model).start()
+    long = {"inputs": "Hello", "parameters": {"max_new_tokens": 1900}}
+    try:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as c:
+            async with c.stream("POST", "/generate_stream", json=long) as stream:
+                lines = stream.aiter_lines()
+                assert (await anext(lines)).startswith("data:{")
+                pending = asyncio.ensure_future(c.post("/generate", json=long))
+                both_in = time.monotonic() + 2
+                while server.state.engine.active < 2:  # noqa: ASYNC110 - polling another thread
+                    assert time.monotonic() < both_in
+                    await asyncio.sleep(0.005)
+                await server.run_on_server(server.state.engine.stop())
+                rest = [line async for line in lines if line]
+            assert json.loads(rest[-1][len("data:") :]) == {
+                "error": "Incomplete generation stream", "error_type": "incomplete_generation_stream"}
+            r = await pending
+            assert r.status_code == 500
+            assert r.json() == {"error": "Incomplete generation", "error_type": "incomplete_generation"}
+            assert server.state.inference.permits.taken == 0
+    finally:
+        server.close()
