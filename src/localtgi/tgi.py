@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from quart import Blueprint, Response, request
 
 from localtgi import sse
-from localtgi.engine_types import FinishEvent, TokenEvent, TopToken
+from localtgi.engine_types import FinishEvent, SamplingParams, TokenEvent, TopToken
 from localtgi.errors import IncompleteGenerationError, LocalTGIError
 from localtgi.inference import Generated, Outcome, TokenStream, prompt_chars
 from localtgi.protocol import (
@@ -234,8 +234,17 @@ async def info() -> dict[str, Any]:
 @routes.get("/health")
 @routes.get("/ping")
 async def health() -> Response:
+    """200 with an empty body while the engine accepts work, else TGI's 503 healthcheck error."""
     srv = server()
-    if not srv.healthy:
+    healthy = srv.healthy
+    if healthy:
+        # Queue a one-token probe and withdraw it at once: submit refuses when the engine is down.
+        probe = [min(srv.model.eos_token_ids)]
+        try:
+            srv.engine.submit(probe, SamplingParams(max_new_tokens=1)).cancel()
+        except LocalTGIError:
+            healthy = False
+    if not healthy:
         return Response(
             '{"error":"unhealthy","error_type":"healthcheck"}',
             status=503,

@@ -391,5 +391,8 @@ async def test_engine_stopping_mid_request(tiny_model: LoadedModel) -> None:
             assert r.status_code == 500
             assert r.json() == {"error": "Incomplete generation", "error_type": "incomplete_generation"}
             assert server.state.inference.permits.taken == 0
+            health = await c.get("/health")
+            assert health.status_code == 503
+            assert health.json() == {"error": "unhealthy", "error_type": "healthcheck"}
     finally:
         server.close()
