@@ -211,7 +211,8 @@ class Engine:
     @property
     def waiting(self) -> int:
         """Submitted, not yet in the batch."""
-        return sum(1 for s in self._waiting if not s.stream.cancelled)
+        with self._cond:  # the worker pops from this deque
+            return sum(1 for s in self._waiting if not s.stream.cancelled)
 
     def _chat_prefix(self) -> kvbatch.Prefix | None:
         # Every chat request starts with the template's opening (SmolLM2: a 24-token system turn);

@@ -238,6 +238,7 @@ def _convert_smollm2(gguf: pathlib.Path, target: pathlib.Path, report: Callable[
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         if not tokenizer.chat_template:
             tokenizer.chat_template = CHATML_TEMPLATE
+        report("reading the model config from the GGUF")
         config = AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         with torch.device("meta"):
             skeleton = AutoModelForCausalLM.from_config(config)  # type: ignore[no-untyped-call]
@@ -254,8 +255,10 @@ def _convert_smollm2(gguf: pathlib.Path, target: pathlib.Path, report: Callable[
         tokenizer.save_pretrained(str(staging))
         marker = {"source": str(gguf), "seconds": round(time.monotonic() - started, 1)}
         (staging / _COMPLETE_MARKER).write_text(json.dumps(marker))
+        if (target / _COMPLETE_MARKER).is_file():
+            return  # another process finished first; its copy is as good as ours
         if target.exists():
-            shutil.rmtree(target)
+            shutil.rmtree(target)  # a leftover without the marker: incomplete
         staging.rename(target)
     finally:
         if staging.exists():
@@ -276,6 +279,7 @@ def _dequantize_gguf(gguf: pathlib.Path, skeleton: Any, report: Callable[[str], 
 
     utils: Any = modeling_gguf_pytorch_utils  # untyped internals
 
+    report("reading the GGUF tensor index")
     parsed = utils.load_gguf_checkpoint(str(gguf), return_tensors=False)
     reader = GGUFReader(str(gguf))
     architecture = parsed["config"].get("model_type", "llama")
