@@ -166,11 +166,16 @@ class Validator:
             input_ids = input_ids[-p.truncate :]  # TGI truncates on the left
         input_length = len(input_ids)
         room = max(limits.max_total_tokens - input_length, 0)
-        requested = room if p.max_new_tokens is None else p.max_new_tokens
-        if input_length + min(requested, MAX_NEW_TOKENS_SLICE) > limits.max_total_tokens:
+        if p.max_new_tokens is None:
+            # Up to the total limit, produced in slices; only the first slice is checked (as TGI).
+            total_new = room
+            checked = min(room, MAX_NEW_TOKENS_SLICE)
+        else:
+            total_new = checked = p.max_new_tokens
+        if input_length + checked > limits.max_total_tokens:
             raise ValidationError(
                 f"`inputs` tokens + `max_new_tokens` must be <= {limits.max_total_tokens}. "
-                f"Given: {input_length} `inputs` tokens and {requested} `max_new_tokens`"
+                f"Given: {input_length} `inputs` tokens and {checked} `max_new_tokens`"
             )
         if input_length > limits.max_input_tokens:
             raise ValidationError(
@@ -190,7 +195,7 @@ class Validator:
             frequency_penalty=frequency_penalty if frequency_penalty != 0.0 else None,
             seed=p.seed,
             watermark=p.watermark,
-            max_new_tokens=min(requested, room),
+            max_new_tokens=total_new,
             stop=tuple(p.stop),
             top_n_tokens=top_n_tokens,
             grammar=grammar,

@@ -96,6 +96,9 @@ def test_input_length_message(validator: Validator) -> None:
         "`max_new_tokens`"
     )
     with pytest.raises(ValidationError) as info:
+        validator.validate(LONG, params())  # null max_new_tokens: nothing left of the total
+    assert info.value.message.endswith(f"Given: {n} `inputs` tokens and 0 `max_new_tokens`")
+    with pytest.raises(ValidationError) as info:
         Validator(Limits(16, 1000), validator._tokenize).validate(LONG, params(max_new_tokens=1))
     assert info.value.message == f"`inputs` must have less than 16 tokens. Given: {n}"
 
@@ -133,6 +136,10 @@ def test_sampling_decision(validator: Validator) -> None:
 def test_defaults_truncate_and_max_new_tokens(validator: Validator) -> None:
     v = validator.validate("hi", params())
     assert v.params.max_new_tokens == 32 - v.input_length  # null = up to max_total_tokens
+    big = Validator(Limits(4095, 4096), validator._tokenize)
+    assert big.validate("hi", params()).params.max_new_tokens == 4096 - v.input_length
+    with pytest.raises(ValidationError, match="Given: 2 `inputs` tokens and 4095 `max_new_tokens`"):
+        big.validate("hi", params(max_new_tokens=4095))  # an explicit value is checked whole
     full = validator._tokenize(LONG, True)
     t = validator.validate(LONG, params(truncate=5, max_new_tokens=3))
     assert t.input_ids == tuple(full[-5:])  # TGI keeps the last tokens
