@@ -68,35 +68,8 @@ class TGIUpstream:
             completion_tokens=details.get("generated_tokens"),
         )
 
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamDelta]:
-        url = self._stream_url
-        try:
-            async with self._client.stream("POST", url, json=self._body(request)) as response:
-                if response.status_code != 200:
-                    raise status_error(response.status_code, await response.aread(), url)
-                async for data in events(response.aiter_lines()):
-                    payload = _decode(data.encode(), url)
-                    if not isinstance(payload, dict):
-                        raise UpstreamProtocolError(f"upstream stream event is not an object ({url})")
-                    if "error" in payload:
-                        raise event_error(payload, url)
-                    token = payload.get("token") or {}
-                    text = "" if token.get("special") else str(token.get("text", ""))
-                    details = payload.get("details")
-                    if payload.get("generated_text") is not None or details:
-                        details = details or {}
-                        yield StreamDelta(
-                            text=text,
-                            finish_reason=details.get("finish_reason"),
-                            prompt_tokens=details.get("input_length"),
-                            completion_tokens=details.get("generated_tokens"),
-                        )
-                        return
-                    if text:
-                        yield StreamDelta(text=text)
-        except httpx.HTTPError as exc:
-            raise transport_error(exc, url) from exc
-        raise UpstreamProtocolError(f"upstream stream ended before its final event ({redact(url)})")
+    def stream(self, request: GenerationRequest) -> AsyncIterator[StreamDelta]:
+        return tgi_stream(self._client, self._stream_url, json=self._body(request))
 
     async def info(self) -> dict[str, Any]:
         url = self._url + "/info"
@@ -110,6 +83,46 @@ class TGIUpstream:
         if not isinstance(payload, dict):
             raise UpstreamProtocolError(f"upstream /info is not an object ({redact(url)})")
         return payload
+
+
+async def tgi_stream(
+    client: httpx.AsyncClient,
+    url: str,
+    *,
+    json: Any = None,
+    content: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> AsyncIterator[StreamDelta]:
+    """POST to a TGI `generate_stream` route (or anything relaying it) and read its SSE: text
+    deltas without special tokens, then the final event's finish reason and counts. Error events
+    inside the 200 stream raise, as does a stream that ends before its final event."""
+    try:
+        async with client.stream("POST", url, json=json, content=content, headers=headers) as response:
+            if response.status_code != 200:
+                raise status_error(response.status_code, await response.aread(), url)
+            async for data in events(response.aiter_lines()):
+                payload = _decode(data.encode(), url)
+                if not isinstance(payload, dict):
+                    raise UpstreamProtocolError(f"upstream stream event is not an object ({redact(url)})")
+                if "error" in payload:
+                    raise event_error(payload, url)
+                token = payload.get("token") or {}
+                text = "" if token.get("special") else str(token.get("text", ""))
+                details = payload.get("details")
+                if payload.get("generated_text") is not None or details:
+                    details = details or {}
+                    yield StreamDelta(
+                        text=text,
+                        finish_reason=details.get("finish_reason"),
+                        prompt_tokens=details.get("input_length"),
+                        completion_tokens=details.get("generated_tokens"),
+                    )
+                    return
+                if text:
+                    yield StreamDelta(text=text)
+    except httpx.HTTPError as exc:
+        raise transport_error(exc, url) from exc
+    raise UpstreamProtocolError(f"upstream stream ended before its final event ({redact(url)})")
 
 
 def _decode(content: bytes, url: str) -> Any:

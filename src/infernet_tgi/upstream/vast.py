@@ -28,9 +28,9 @@ import httpx
 from ..constraints import tgi_grammar
 from ..errors import UpstreamProtocolError, UpstreamUnavailableError, UpstreamValidationError
 from .base import Generation, GenerationRequest, StreamDelta
-from .http import event_error, redact, status_error, transport_error
+from .http import redact, status_error, transport_error
 from .openai import constraint_of
-from .sse import events
+from .tgi import tgi_stream
 
 JSON_HEADERS = {"content-type": "application/json"}
 
@@ -141,37 +141,13 @@ class VastUpstream:
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamDelta]:
         url, body = await self._prepare(request, "/generate_stream")
-        where = redact(url)
+        # The worker relays TGI's SSE unchanged.
+        deltas = tgi_stream(self._client, url, content=body, headers=JSON_HEADERS)
         try:
-            async with self._client.stream("POST", url, content=body, headers=JSON_HEADERS) as response:
-                if response.status_code != 200:
-                    raise status_error(response.status_code, await response.aread(), url)
-                async for data in events(response.aiter_lines()):
-                    try:
-                        event = json.loads(data)
-                    except ValueError as exc:
-                        raise UpstreamProtocolError(f"Vast stream event is not JSON ({where})") from exc
-                    if not isinstance(event, dict):
-                        raise UpstreamProtocolError(f"Vast stream event is not an object ({where})")
-                    if "error" in event:
-                        raise event_error(event, url)
-                    token = event.get("token") or {}
-                    text = "" if token.get("special") else str(token.get("text", ""))
-                    details = event.get("details")
-                    if event.get("generated_text") is not None or details:
-                        details = details or {}
-                        yield StreamDelta(
-                            text=text,
-                            finish_reason=details.get("finish_reason"),
-                            prompt_tokens=details.get("input_length"),
-                            completion_tokens=details.get("generated_tokens"),
-                        )
-                        return
-                    if text:
-                        yield StreamDelta(text=text)
-        except httpx.HTTPError as exc:
-            raise transport_error(exc, url) from exc
-        raise UpstreamProtocolError(f"Vast stream ended before its final event ({where})")
+            async for delta in deltas:
+                yield delta
+        finally:
+            await deltas.aclose()  # type: ignore[attr-defined]
 
     async def info(self) -> dict[str, Any]:
         return {"model_id": None, "version": None, "engine": "vast", "endpoint": self._endpoint}
