@@ -1,10 +1,15 @@
-"""The running batch's key/value cache: left-padded rows that join and leave between steps.
+"""Model-side mechanics of the engine: prefill, the running batch's cache, and two speed-ups.
 
-Use `DecodeBatch` from the engine's worker thread only. Each sequence is prefilled alone (`prefill`),
-which gives it its own cache; `add` left-pads the running cache and the newcomers to a common length
-and stacks them; `keep` drops finished rows and trims columns that became padding everywhere; `step`
-runs one batched forward for the last token of every row, with an attention mask that hides the
-padding and explicit position ids, so a row's logits do not depend on its neighbours.
+Use these from the engine's worker thread only.
+
+* `prefill` runs one prompt alone and returns its own cache. A prompt that starts with the chat
+  template's opening (`Prefix`, prefilled once at start) only computes the rest.
+* `DecodeBatch` holds the rows that are decoding: `add` left-pads the running cache and newcomers
+  to a common width and stacks them (one copy into preallocated buffers), `keep` drops finished rows
+  and trims columns that became padding everywhere, `step` runs one batched forward for the last
+  token of every row with an attention mask that hides the padding and explicit position ids, so
+  a row's logits do not depend on its neighbours beyond float rounding.
+* `GemmPadding` pads 9..15-row matrix products to 16 rows, where the CPU kernel is faster.
 """
 
 from __future__ import annotations
@@ -91,9 +96,12 @@ def prompt_logprobs(model: Any, input_ids: Sequence[int]) -> list[float | None]:
     """Log-probability of every prompt token given the ones before it (None for the first)."""
     ids = torch.tensor([list(input_ids)], dtype=torch.long)
     logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False).logits[0]
-    logprobs = torch.log_softmax(logits.float(), dim=-1)
-    picked = logprobs[:-1].gather(1, ids[0, 1:].unsqueeze(1)).squeeze(1).tolist()
-    return [None, *picked]
+    picked: list[float | None] = [None]
+    for start in range(0, ids.shape[1] - 1, 256):  # chunks: one full log-softmax copy is large
+        rows = torch.log_softmax(logits[start : start + 256].float(), dim=-1)
+        targets = ids[0, start + 1 : start + 1 + rows.shape[0]]
+        picked += rows[: targets.shape[0]].gather(1, targets.unsqueeze(1)).squeeze(1).tolist()
+    return picked
 
 
 class GemmPadding:
