@@ -236,6 +236,10 @@ async def chat_tokenize() -> Response:
     return compact_json({"tokenize_response": tokens, "templated_text": prompt})
 
 
+# TGI's completions route generates 100 tokens when `max_tokens` is not given.
+COMPLETION_MAX_TOKENS = 100
+
+
 def completion_parameters(req: CompletionRequest) -> GenerateParameters:
     """TGI's CompletionRequest -> GenerateParameters mapping."""
     do_sample, temperature = _greedy_or_sampled(req.temperature)
@@ -245,7 +249,7 @@ def completion_parameters(req: CompletionRequest) -> GenerateParameters:
         frequency_penalty=req.frequency_penalty,
         top_p=req.top_p,
         do_sample=do_sample,
-        max_new_tokens=req.max_tokens,
+        max_new_tokens=COMPLETION_MAX_TOKENS if req.max_tokens is None else req.max_tokens,
         stop=_stops(req.stop),
         details=True,
         seed=req.seed,
@@ -361,11 +365,8 @@ async def _completion_events(srv: Server, streams: Sequence[TokenStream]) -> Asy
                     model=srv.model_id,
                     system_fingerprint=srv.system_fingerprint,
                     choices=[
-                        CompletionChoice(
-                            index=index,
-                            text="" if token.special else token.text,
-                            finish_reason=reason,
-                        )
+                        # As TGI: the token's own text, special tokens included.
+                        CompletionChoice(index=index, text=token.text, finish_reason=reason)
                     ],
                     usage=usage,
                 )

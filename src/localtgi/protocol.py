@@ -359,6 +359,7 @@ class Completion(WireModel):
 
 
 class CompletionChunk(WireModel):
+    omit_empty = frozenset({"usage"})  # TGI's intermediate chunks have no usage member
     object: str = "text_completion"
     id: str = ""
     created: int

@@ -123,7 +123,7 @@ async def test_completions(localtgi: RunningServer) -> None:
     for index in (0, 1):
         mine = [c for c in chunks if c["choices"][0]["index"] == index]
         assert [c["choices"][0]["finish_reason"] for c in mine] == ["", "", "length"]
-        assert mine[-1]["usage"]["completion_tokens"] == 3 and mine[0]["usage"] is None
+        assert mine[-1]["usage"]["completion_tokens"] == 3 and "usage" not in mine[0]
     first = "".join(c["choices"][0]["text"] for c in chunks if c["choices"][0]["index"] == 0)
     assert first == body["choices"][0]["text"]
 
@@ -161,3 +161,12 @@ async def test_chat_tokenize(localtgi: RunningServer) -> None:
     assert "".join(t["text"] for t in body["tokenize_response"]) == prompt
     assert body["tokenize_response"][0] == {"id": localtgi.state.model.tokenizer.convert_tokens_to_ids(
         "<|im_start|>"), "text": "<|im_start|>", "start": 0, "stop": 12}
+
+
+async def test_completions_default_max_tokens(localtgi: RunningServer) -> None:
+    r = await post(localtgi, "/v1/completions", {"prompt": "Hello", "temperature": 0,
+                                                 "stop": ["@@@"]})
+    body = r.json()
+    # TGI's default for this route is 100 new tokens (not "up to max_total_tokens").
+    assert body["choices"][0]["finish_reason"] == "length", body
+    assert body["usage"]["completion_tokens"] == 100

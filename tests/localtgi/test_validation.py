@@ -224,7 +224,7 @@ def test_chat_mapping() -> None:
         parse_body(ChatRequest, b'{"messages":[],"response_format":{"type":"json_schema",'
                    b'"json_schema":{"name":"x","schema":{}}}}', "application/json", limit=1000)
     c = completion_parameters(CompletionRequest.model_validate({"prompt": "x", "temperature": 0.5}))
-    assert c.do_sample and c.temperature == 0.5
+    assert c.do_sample and c.temperature == 0.5 and c.max_new_tokens == 100
 
 
 def test_settings_limits_and_cli_flags() -> None:
