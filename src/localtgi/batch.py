@@ -59,37 +59,74 @@ def chat_prefix_ids(tokenizer: Any) -> tuple[int, ...]:
 
 def compute_prefix(model: Any, ids: Sequence[int]) -> Prefix:
     """Prefill `ids` once, to be reused by `prefill` for every prompt that starts with them."""
-    _, kv = _forward_prompt(model, list(ids), None)
+    _, kv = _forward_prompts(model, [list(ids)], None)[0]
     return Prefix(ids=tuple(ids), kv=kv)
 
 
 def prefill(
     model: Any, input_ids: Sequence[int], prefix: Prefix | None = None
 ) -> tuple[torch.Tensor, KV]:
-    """Run the prompt alone; returns the last position's logits [vocab] and its cache.
+    """Run one prompt alone; returns the last position's logits [vocab] and its cache."""
+    return prefill_many(model, [input_ids], prefix)[0]
 
-    A prompt that starts with `prefix` (and is longer) is always computed as prefix + rest, reusing
-    the prefix's cache; the split depends only on the prompt, so results stay bit-reproducible.
+
+def prefill_many(
+    model: Any, prompts: Sequence[Sequence[int]], prefix: Prefix | None = None
+) -> list[tuple[torch.Tensor, KV]]:
+    """Prefill prompts together in one forward; per prompt its last logits [vocab] and own cache.
+
+    Prompts are right-padded to a common length (causal attention keeps padding out of the real
+    tokens) and the padding is cut off each row's cache. A prompt that starts with `prefix` (and
+    is longer) only computes the rest, on a copy of the prefix's cache.
     """
-    ids = list(input_ids)
     n = len(prefix.ids) if prefix else 0
-    usable = prefix is not None and len(ids) > n and tuple(ids[:n]) == prefix.ids
-    return _forward_prompt(model, ids, prefix if usable else None)
+    with_prefix: list[int] = []
+    plain: list[int] = []
+    for i, ids in enumerate(prompts):
+        fits = prefix is not None and len(ids) > n and tuple(ids[:n]) == prefix.ids
+        (with_prefix if fits else plain).append(i)
+    results: dict[int, tuple[torch.Tensor, KV]] = {}
+    for group, head in ((with_prefix, prefix), (plain, None)):
+        if group:
+            rows = _forward_prompts(model, [list(prompts[i]) for i in group], head)
+            results.update(zip(group, rows, strict=True))
+    return [results[i] for i in range(len(prompts))]
 
 
-def _forward_prompt(model: Any, ids: list[int], prefix: Prefix | None) -> tuple[torch.Tensor, KV]:
+def _forward_prompts(
+    model: Any, prompts: list[list[int]], prefix: Prefix | None
+) -> list[tuple[torch.Tensor, KV]]:
     start = len(prefix.ids) if prefix else 0
-    cache: DynamicCache = _cache_from(prefix.kv) if prefix else DynamicCache()
-    new = torch.tensor([ids[start:]], dtype=torch.long)
+    rest = [p[start:] for p in prompts]
+    width = max(map(len, rest))
+    ids = torch.tensor([r + [r[-1]] * (width - len(r)) for r in rest], dtype=torch.long)
+    mask = torch.zeros((len(rest), start + width), dtype=torch.long)
+    for row, r in enumerate(rest):
+        mask[row, : start + len(r)] = 1
+    cache = DynamicCache()
+    if prefix:
+        cache = _cache_from(
+            [
+                (k.expand(len(rest), -1, -1, -1), v.expand(len(rest), -1, -1, -1))
+                for k, v in prefix.kv
+            ]
+        )
     out = model(
-        input_ids=new,
-        attention_mask=torch.ones((1, len(ids)), dtype=torch.long),
-        position_ids=torch.arange(start, len(ids)).unsqueeze(0),
+        input_ids=ids,
+        attention_mask=mask,
+        position_ids=torch.arange(start, start + width).expand(len(rest), -1),
         past_key_values=cache,
         use_cache=True,
-        logits_to_keep=1,
+        logits_to_keep=torch.tensor([[len(r) - 1] for r in rest]),
     )
-    return out.logits[0, -1], _layers(cache)
+    layers = _layers(cache)
+    return [
+        (
+            out.logits[row, -1],
+            [(k[row : row + 1, :, : len(p)], v[row : row + 1, :, : len(p)]) for k, v in layers],
+        )
+        for row, p in enumerate(prompts)
+    ]
 
 
 def prompt_logprobs(model: Any, input_ids: Sequence[int]) -> list[float | None]:
@@ -281,7 +318,12 @@ class DecodeBatch:
         width = self.width - start
         layers = []
         for layer in self._buffer_layers():
-            shape = (len(rows), layer.kbuf.shape[1], width + _BufferLayer.SPARE, layer.kbuf.shape[-1])
+            shape = (
+                len(rows),
+                layer.kbuf.shape[1],
+                width + _BufferLayer.SPARE,
+                layer.kbuf.shape[-1],
+            )
             kbuf, vbuf = layer.kbuf.new_empty(shape), layer.vbuf.new_empty(shape)
             for j, row in enumerate(rows):
                 kbuf[j, :, :width] = layer.kbuf[row, :, start : self.width]

@@ -34,6 +34,7 @@ from localtgi.models import LoadedModel
 from localtgi.sampling import TokenChooser
 
 _CLOSED = object()  # queue sentinel: the consumer cancelled
+_PREFILL_TOKENS = 1024  # rows x padded length of one batched prefill
 
 
 class GenerationStream:
@@ -291,20 +292,34 @@ class Engine:
     def _admit(self, admitted: list[_Sequence]) -> None:
         kvs: list[kvbatch.KV] = []
         joined: list[_Sequence] = []
-        for seq in admitted:
-            if seq.stream.cancelled:
-                continue
+        for group in self._prefill_groups([s for s in admitted if not s.stream.cancelled]):
             try:
-                logits, kv = kvbatch.prefill(self.loaded.model, seq.prompt, self._prefix)
-            except Exception as exc:  # noqa: BLE001 - only this request fails
-                self._fail(seq, GenerationError(f"{type(exc).__name__}: {exc}"))
+                results = kvbatch.prefill_many(
+                    self.loaded.model, [s.prompt for s in group], self._prefix
+                )
+            except Exception as exc:  # noqa: BLE001 - only these requests fail
+                for seq in group:
+                    self._fail(seq, GenerationError(f"{type(exc).__name__}: {exc}"))
                 continue
-            if self._advance_or_fail(seq, logits):
-                kvs.append(kv)
-                joined.append(seq)
+            for seq, (logits, kv) in zip(group, results, strict=True):
+                if self._advance_or_fail(seq, logits):
+                    kvs.append(kv)
+                    joined.append(seq)
         # Joined first: if merging fails, _fail_all reaches them too.
         self._active.extend(joined)
         self._batch.add(kvs)
+
+    def _prefill_groups(self, seqs: list[_Sequence]) -> list[list[_Sequence]]:
+        """Requests that arrive together are prefilled together (one forward is much cheaper than
+        several on CPU), in groups of similar length within a padded-token budget."""
+        groups: list[list[_Sequence]] = []
+        for seq in sorted(seqs, key=lambda s: len(s.prompt)):
+            group = groups[-1] if groups else None
+            if group and (len(group) + 1) * len(seq.prompt) <= _PREFILL_TOKENS:
+                group.append(seq)
+            else:
+                groups.append([seq])
+        return groups
 
     def _drop_finished(self) -> None:
         keep = [i for i, s in enumerate(self._active) if not (s.finished or s.stream.cancelled)]

@@ -244,10 +244,11 @@ def test_decode_batch_rows_join_and_leave_without_changing_results(tiny: LoadedM
             histories[prompts.index(p)].append(int(logits.argmax()))
         rows = [0, 1]
         for step in range(12):
-            if step == 3:  # two rows join a running batch of different widths
+            if step == 3:  # two rows, prefilled together, join a running batch
                 kvs = []
-                for i in (2, 3):
-                    logits, kv = kvbatch.prefill(tiny.model, prompts[i])
+                for i, (logits, kv) in zip(
+                    (2, 3), kvbatch.prefill_many(tiny.model, prompts[2:]), strict=True
+                ):
                     kvs.append(kv)
                     histories[i].append(int(logits.argmax()))
                 batch.add(kvs)
@@ -261,6 +262,20 @@ def test_decode_batch_rows_join_and_leave_without_changing_results(tiny: LoadedM
                 torch.testing.assert_close(out[row], want, atol=1e-4, rtol=1e-4)
                 histories[r].append(int(out[row].argmax()))
     assert batch.size == 3
+
+
+def test_batched_prefill_with_chat_prefix_matches_plain_forward(tiny: LoadedModel) -> None:
+    tok = tiny.tokenizer
+    head = kvbatch.chat_prefix_ids(tok)
+    assert tok.decode(list(head)) == "<|im_start|>user\n"
+    prompts = [chat(tiny, c) for c in ("Hi", "What is the capital of France?")]
+    prompts.append(ids(tiny, "no template here"))
+    with torch.inference_mode():
+        prefix = kvbatch.compute_prefix(tiny.model, head)
+        results = kvbatch.prefill_many(tiny.model, prompts, prefix)
+        for p, (logits, kv) in zip(prompts, results, strict=True):
+            torch.testing.assert_close(logits, reference_next_logits(tiny, p), atol=1e-4, rtol=1e-4)
+            assert kv[0][0].shape[-2] == len(p)
 
 
 def test_gemm_padding_only_on_its_thread_and_removable(tiny: LoadedModel) -> None:
