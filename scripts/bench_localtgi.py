@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import sys
 import time
@@ -158,7 +159,9 @@ def main() -> None:
     parser.add_argument("--baseline-requests", type=int, default=2)
     args = parser.parse_args()
     lm = load_model(args.model_id, progress=lambda m: print(f"  {m}", file=sys.stderr))
+    load = os.getloadavg()[0]
     print(f"model {lm.model_id}, {args.threads} thread(s), {args.new_tokens} new tokens/request")
+    print(f"box: {os.cpu_count()} cores, load average {load:.2f} at start (shared box: noisy)")
     r = asyncio.run(bench_engine(lm, args))
     baseline = bench_generate(lm, args)
     print(f"single stream            {r['single']:8.1f} tok/s")
