@@ -250,11 +250,11 @@ class Engine:
 
     def _work(self) -> None:
         torch.set_num_threads(self.threads)
-        padding = kvbatch.GemmPadding(self.loaded.model)
+        packed = kvbatch.PackedLinears(self.loaded.model)
         try:
             self._loop_until_stopped()
         finally:
-            padding.close()
+            packed.close()
             self._shutdown()
 
     def _loop_until_stopped(self) -> None:

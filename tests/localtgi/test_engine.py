@@ -278,29 +278,25 @@ def test_batched_prefill_with_chat_prefix_matches_plain_forward(tiny: LoadedMode
             assert kv[0][0].shape[-2] == len(p)
 
 
-def test_gemm_padding_only_on_its_thread_and_removable(tiny: LoadedModel) -> None:
-    x = torch.tensor([list(range(100, 112))])  # 12 rows: padded to 16
-    calls: list[int] = []
+def test_packed_linears_only_on_their_thread_and_removable(tiny: LoadedModel) -> None:
+    x = torch.tensor([list(range(100, 112))])
+    lm_head = tiny.model.get_output_embeddings()
 
-    def run() -> torch.Tensor:
+    def run() -> tuple[torch.Tensor, bool]:
         out: torch.Tensor = tiny.model(x).logits
-        return out
+        return out, "forward" in vars(lm_head)
 
     with torch.inference_mode():
-        plain = run()
-        padding = kvbatch.GemmPadding(tiny.model)
-        hook = tiny.model.lm_head.register_forward_pre_hook(
-            lambda _m, a: calls.append(a[0].numel() // a[0].shape[-1])
-        )
-        padded = run()
+        plain, _ = run()
+        packed = kvbatch.PackedLinears(tiny.model)
+        fast, installed = run()
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            pool.submit(run).result()  # another thread: untouched
-        padding.close()
-        run()
-        hook.remove()
-    torch.testing.assert_close(padded, plain, atol=1e-4, rtol=1e-4)
-    assert padded.shape == plain.shape
-    assert calls == [16, 12, 12]
+            other, _ = pool.submit(run).result()  # another thread: plain F.linear
+        packed.close()
+        after, still = run()
+    assert installed and not still
+    torch.testing.assert_close(fast, plain, atol=1e-4, rtol=1e-4)
+    assert torch.equal(other, plain) and torch.equal(after, plain)
 
 
 # ----- SmolLM2: one loaded model, real text ------------------------------------------------------
