@@ -295,3 +295,23 @@ async def _sse_head(writer: asyncio.StreamWriter) -> None:
 async def _sse(writer: asyncio.StreamWriter, payload: dict[str, Any]) -> None:
     writer.write(b"data:" + json.dumps(payload).encode() + b"\n\n")
     await writer.drain()
+
+
+def main() -> None:
+    """Serve from the command line (benchmarks): `python tests/faketgi.py --port N --delay 0.2`."""
+    import argparse
+    import time
+
+    parser = argparse.ArgumentParser(description="Fake TGI with a fixed latency, on 127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--delay", type=float, default=0.0, help="seconds before each answer")
+    parser.add_argument("--text", default="fixed answer text")
+    args = parser.parse_args()
+    with FakeTGI(default=Ok(text=args.text, delay=args.delay), port=args.port) as server:
+        print(f"faketgi ready on {server.url}", flush=True)
+        while True:
+            time.sleep(3600)
+
+
+if __name__ == "__main__":
+    main()
