@@ -62,7 +62,7 @@ def start_fake(delay: float) -> tuple[subprocess.Popen[bytes], str]:
     return proc, url
 
 
-def start_container(upstream: str) -> tuple[subprocess.Popen[bytes], str]:
+def start_container(upstream: str, workers: int) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     env = {
         **os.environ,
@@ -71,7 +71,9 @@ def start_container(upstream: str) -> tuple[subprocess.Popen[bytes], str]:
         "TGI_INF_LOG_LEVEL": "WARNING",
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "infernet_tgi", "--port", str(port)], env=env, stdout=subprocess.DEVNULL
+        [sys.executable, "-m", "infernet_tgi", "--port", str(port), "--workers", str(workers)],
+        env=env,
+        stdout=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
     wait_ready(url + "/", proc)
@@ -145,12 +147,13 @@ async def throughput_pair(
 
 async def run(args: argparse.Namespace) -> None:
     procs: list[subprocess.Popen[bytes]] = []
+    print(f"container workers: {args.workers}; load average {os.getloadavg()[0]:.2f}")
     try:
         fast, fast_url = start_fake(0.0)
         slow, slow_url = start_fake(0.2)
         procs += [fast, slow]
-        c_fast, c_fast_url = start_container(fast_url)
-        c_slow, c_slow_url = start_container(slow_url)
+        c_fast, c_fast_url = start_container(fast_url, args.workers)
+        c_slow, c_slow_url = start_container(slow_url, args.workers)
         procs += [c_fast, c_slow]
         # The load generator uses aiohttp: httpx's own pool would be the bottleneck at 256.
         connector = aiohttp.TCPConnector(limit=512)
@@ -174,6 +177,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=2000, help="requests per measurement")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per measurement")
+    parser.add_argument("--workers", type=int, default=1, help="container worker processes")
     asyncio.run(run(parser.parse_args()))
 
 
