@@ -142,6 +142,10 @@ def prompt_logprobs(model: Any, input_ids: Sequence[int]) -> list[float | None]:
     return picked
 
 
+_PACKED = "_localtgi_packed"  # per-module table: worker thread id -> its packed weight
+_PACKING = threading.Lock()  # engines on one model install and remove their tables one at a time
+
+
 class PackedLinears:
     """Runs the model's `nn.Linear` layers on oneDNN with weights packed once, in one thread.
 
@@ -149,8 +153,9 @@ class PackedLinears:
     but 116 ms at 16 rows and 132 ms at 8 (MKL's small-row kernel is slow); prepacked oneDNN costs
     54 / 90 / 79 ms. For calls from the thread that created it, each linear uses its packed weight;
     other threads keep plain `F.linear` on the original weights (the packed copy costs one more
-    model's worth of memory). Results differ from `F.linear` only by float rounding. `close()`
-    restores the modules. Does nothing where oneDNN is unavailable.
+    model's worth of memory). Several engines may share a model: each thread has its own entry.
+    Results differ from `F.linear` only by float rounding. `close()` removes this thread's entry
+    (and the patched `forward` with the last one). Does nothing where oneDNN is unavailable.
     """
 
     def __init__(self, model: Any) -> None:
@@ -158,30 +163,40 @@ class PackedLinears:
         self._modules: list[torch.nn.Linear] = []
         if not torch.backends.mkldnn.is_available():  # type: ignore[no-untyped-call]
             return
-        for module in model.modules():
-            if isinstance(module, torch.nn.Linear) and module.weight.dtype == torch.float32:
-                packed = torch.ops.mkldnn._reorder_linear_weight(module.weight.detach(), 16)
-                module.forward = self._forward_for(module, packed)  # type: ignore[method-assign,assignment]
-                self._modules.append(module)
-
-    def _forward_for(
-        self, module: torch.nn.Linear, packed: torch.Tensor
-    ) -> Callable[[torch.Tensor], torch.Tensor]:
-        owner = self._owner
-
-        def forward(x: torch.Tensor) -> torch.Tensor:
-            if threading.get_ident() != owner or x.dtype != torch.float32:
-                return torch.nn.functional.linear(x, module.weight, module.bias)
-            bias = module.bias.detach() if module.bias is not None else None
-            out: torch.Tensor = torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
-            return out
-
-        return forward
+        with _PACKING:
+            for module in model.modules():
+                if isinstance(module, torch.nn.Linear) and module.weight.dtype == torch.float32:
+                    table = module.__dict__.get(_PACKED)
+                    if table is None:
+                        table = module.__dict__[_PACKED] = {}
+                        module.forward = _dispatching_forward(module, table)  # type: ignore[method-assign,assignment]
+                    weight = module.weight.detach()
+                    table[self._owner] = torch.ops.mkldnn._reorder_linear_weight(weight, 16)
+                    self._modules.append(module)
 
     def close(self) -> None:
-        for module in self._modules:
-            del module.forward  # back to the class's forward
-        self._modules.clear()
+        with _PACKING:
+            for module in self._modules:
+                table = module.__dict__[_PACKED]
+                table.pop(self._owner, None)
+                if not table:
+                    del module.__dict__[_PACKED]
+                    del module.forward  # back to the class's forward
+            self._modules.clear()
+
+
+def _dispatching_forward(
+    module: torch.nn.Linear, table: dict[int, torch.Tensor]
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        packed = table.get(threading.get_ident())
+        if packed is None or x.dtype != torch.float32:
+            return torch.nn.functional.linear(x, module.weight, module.bias)
+        bias = module.bias.detach() if module.bias is not None else None
+        out: torch.Tensor = torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+        return out
+
+    return forward
 
 
 def _layers(cache: Any) -> KV:
