@@ -2,10 +2,14 @@
 
 Use one `Engine` per loaded model. `submit` a tokenized prompt with its `SamplingParams` from the
 event loop and iterate the returned `GenerationStream`: `TokenEvent`s, then exactly one
-`FinishEvent`. All model work runs in one worker thread, which loops: admit waiting requests (each is
-prefilled alone and emits its first token at once), drop cancelled and finished rows, then run one
-batched decode step for every active row (`batch.DecodeBatch`). Requests join and leave between steps;
-a cancelled stream leaves at the next step. Events reach asyncio through `call_soon_threadsafe`.
+`FinishEvent`. All model work runs in one worker thread (linear layers on prepacked oneDNN weights,
+`batch.PackedLinears`), which loops: admit waiting requests (those that arrived together are
+prefilled together and emit their first token at once), drop cancelled and finished rows, then run
+one batched decode step for every active row (`batch.DecodeBatch`). Requests join and leave between
+steps; a cancelled stream leaves at the next step. Each request samples from its own
+`torch.Generator` (`sampling.TokenChooser`), so a seeded request gives the same text alone or in a
+batch (up to float rounding of batched kernels). Events reach asyncio via `call_soon_threadsafe`.
+When idle the worker sleeps on a condition variable.
 """
 
 from __future__ import annotations
