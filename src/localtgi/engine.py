@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from localtgi import batch as kvbatch
+from localtgi.detokenizer import Detokenizer
 from localtgi.engine_types import (
     FinishEvent,
     FinishReason,
@@ -86,26 +87,6 @@ class GenerationStream:
             self._queue.put_nowait(item)
 
 
-class _Detokenizer:
-    """Incremental decoding that holds back text while a UTF-8 character is incomplete."""
-
-    def __init__(self, tokenizer: Any, prompt_ids: Sequence[int]) -> None:
-        self._tok = tokenizer
-        # A few prompt tokens give context, so tokenizers that drop a leading space decode right.
-        self._ids = list(prompt_ids[-4:])
-        self._prefix = 0
-        self._read = len(self._ids)
-
-    def push(self, token_id: int, *, flush: bool = False) -> str:
-        self._ids.append(token_id)
-        before = self._tok.decode(self._ids[self._prefix : self._read])
-        after = self._tok.decode(self._ids[self._prefix :])
-        if len(after) > len(before) and (flush or not after.endswith("\ufffd")):
-            self._prefix, self._read = self._read, len(self._ids)
-            return str(after[len(before) :])
-        return ""
-
-
 class _Sequence:
     def __init__(
         self,
@@ -114,7 +95,7 @@ class _Sequence:
         params: SamplingParams,
         chooser: TokenChooser,
         matcher: GrammarMatcher | None,
-        detok: _Detokenizer,
+        detok: Detokenizer,
     ) -> None:
         self.stream = stream
         self.prompt = prompt
@@ -191,7 +172,7 @@ class Engine:
         matcher = self._grammar.compile(params.grammar) if params.grammar is not None else None
         stream = GenerationStream(self._wake)
         chooser = TokenChooser(params, prompt, self.vocab_size)
-        seq = _Sequence(stream, prompt, params, chooser, matcher, _Detokenizer(self.loaded.tokenizer, prompt))
+        seq = _Sequence(stream, prompt, params, chooser, matcher, Detokenizer(self.loaded.tokenizer, prompt))
         with self._cond:
             self._waiting.append(seq)
             self._cond.notify_all()

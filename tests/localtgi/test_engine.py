@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from localtgi import batch as kvbatch
-from localtgi.engine import Engine, GenerationStream, _Detokenizer
+from localtgi.detokenizer import Detokenizer
+from localtgi.engine import Engine, GenerationStream
 from localtgi.engine_types import FinishEvent, GrammarSpec, SamplingParams, TokenEvent
 from localtgi.errors import GenerationError, IncompleteGenerationError
 from localtgi.models import LoadedModel, load_model
@@ -221,7 +222,7 @@ def test_detokenizer_holds_back_split_utf8(tiny: LoadedModel) -> None:
     tok = tiny.tokenizer
     text = "ab😀 c日本"
     pieces_ids = tok.encode(text)
-    detok = _Detokenizer(tok, tok.encode("Hi"))
+    detok = Detokenizer(tok, tok.encode("Hi"))
     pieces = [detok.push(i) for i in pieces_ids]
     assert "".join(pieces) == text
     assert "" in pieces  # the emoji spans several byte tokens
