@@ -16,7 +16,7 @@ import os
 import platform
 import shutil
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,18 +121,21 @@ def create_app(settings: Settings, *, sleep: Sleep | None = None, upstream: Upst
     async def service_output() -> Response:
         body: Any = None
         metrics.in_flight.inc()
+        streaming = False
         try:
             body = _loads(await request.get_data(as_text=False))
             job = parse_job(body, settings)
             if job.streaming:
                 response = await _stream(job)
+                streaming = True  # the stream's body now owns the in-flight count
             else:
                 response = _json(await _answer(job))
         except InfernetTGIError as exc:
             metrics.job_done(*_route(body), str(exc.status))
             raise
         finally:
-            metrics.in_flight.dec()
+            if not streaming:
+                metrics.in_flight.dec()
         metrics.job_done(job.source, job.destination, "ok")
         return response
 
@@ -168,7 +171,8 @@ def create_app(settings: Settings, *, sleep: Sleep | None = None, upstream: Upst
             raise UpstreamTimeoutError(
                 f"stream did not start within {settings.stream_deadline:g} s (TGI_INF_STREAM_DEADLINE)"
             ) from exc
-        response = Response(_chunks(deltas, deadline), content_type="text/plain; charset=utf-8")
+        text = _TextStream(deltas, deadline, on_close=metrics.in_flight.dec)
+        response = Response(text, content_type="text/plain; charset=utf-8")
         response.timeout = None  # the stream deadline above is the limit, not Quart's 60 s
         return response
 
@@ -211,32 +215,51 @@ def create_app(settings: Settings, *, sleep: Sleep | None = None, upstream: Upst
     return app
 
 
-async def _chunks(deltas: AsyncIterator[StreamDelta], deadline: float) -> AsyncIterator[bytes]:
-    """Raw UTF-8 text as it arrives. After the first byte there is no error channel: a failure
-    ends the stream (and is logged), as does the stream deadline that keeps us under the node's 60 s
-    cut."""
-    try:
+class _TextStream:
+    """The body of a stream job: raw UTF-8 text as it arrives.
+
+    After the first byte there is no error channel: a failure ends the stream (and is logged), as
+    does the stream deadline that keeps us under the node's 60 s cut. `aclose` (called by Quart when
+    the response ends, also when the client went away) closes the upstream stream, so the upstream
+    cancels the generation, even if iteration never started.
+    """
+
+    def __init__(
+        self, deltas: AsyncIterator[StreamDelta], deadline: float, on_close: Callable[[], None]
+    ) -> None:
+        self._deltas = deltas
+        self._deadline = deadline
+        self._on_close: Callable[[], None] | None = on_close
+
+    def __aiter__(self) -> _TextStream:
+        return self
+
+    async def __anext__(self) -> bytes:
         while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                log.warning("stream stopped at the stream deadline")
-                return
+            remaining = self._deadline - time.monotonic()
             try:
-                delta = await asyncio.wait_for(anext(deltas), remaining)
-            except StopAsyncIteration:
-                return
+                if remaining <= 0:
+                    raise TimeoutError
+                delta = await asyncio.wait_for(anext(self._deltas), remaining)
             except TimeoutError:
                 log.warning("stream stopped at the stream deadline")
-                return
+                raise StopAsyncIteration from None
             except UpstreamError as exc:
                 log.warning("stream ended early: %s", exc.description)
-                return
+                raise StopAsyncIteration from None
             if delta.text:
-                yield delta.text.encode()
-    finally:
-        close = getattr(deltas, "aclose", None)
-        if close is not None:
-            await close()
+                return delta.text.encode()
+
+    async def aclose(self) -> None:
+        if self._on_close is None:
+            return
+        on_close, self._on_close = self._on_close, None
+        try:
+            close = getattr(self._deltas, "aclose", None)
+            if close is not None:
+                await close()
+        finally:
+            on_close()
 
 
 async def _model_info(upstream: Upstream) -> tuple[str | None, str | None, str | None]:

@@ -120,10 +120,19 @@ def test_client_disconnect_cancels_the_upstream_stream(container: str, fake_e2e:
     with httpx.stream("POST", container + "/service_output", json=body, timeout=30) as response:
         first = next(response.iter_raw())
         assert first
+        assert in_flight(container) == 1.0  # a stream counts until its body ends
     deadline = time.monotonic() + 5
     while fake_e2e.disconnects == 0 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert fake_e2e.disconnects == 1  # the upstream saw us hang up long before its 10 s of tokens
+    assert in_flight(container) == 0.0
+
+
+def in_flight(url: str) -> float:
+    for line in httpx.get(url + "/metrics").text.splitlines():
+        if line.startswith("infernet_tgi_jobs_in_flight "):
+            return float(line.split()[1])
+    raise AssertionError("no in-flight gauge")
 
 
 def test_ready_fast_with_backend_down_and_jobs_get_503() -> None:
