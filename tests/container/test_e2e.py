@@ -118,9 +118,10 @@ def test_client_disconnect_cancels_the_upstream_stream(container: str, fake_e2e:
     fake_e2e.script(Ok(text=" ".join(["w"] * 200), token_delay=0.05))
     body = {"source": 1, "destination": 2, "data": {"text": "long"}}
     with httpx.stream("POST", container + "/service_output", json=body, timeout=30) as response:
-        first = next(response.iter_raw())
-        assert first
+        chunks = response.iter_raw()  # kept: a dropped iterator would close the connection at once
+        assert next(chunks)
         assert in_flight(container) == 1.0  # a stream counts until its body ends
+        assert fake_e2e.disconnects == 0
     deadline = time.monotonic() + 5
     while fake_e2e.disconnects == 0 and time.monotonic() < deadline:
         time.sleep(0.05)
