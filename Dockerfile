@@ -18,4 +18,4 @@ EXPOSE 3000
 HEALTHCHECK --interval=30s --timeout=3s CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:3000/', timeout=2)"
 # A node's `command` (e.g. "--bind=0.0.0.0:3000 --workers=2") replaces CMD and is honoured.
 ENTRYPOINT ["infernet-tgi"]
-CMD ["--host", "0.0.0.0", "--port", "3000"]
+CMD ["--host", "0.0.0.0", "--port", "3000", "--workers", "2"]
