@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # `make run`: localtgi (SmolLM2-135M on CPU) on 127.0.0.1:8080 and the container on 127.0.0.1:3000,
-# wired together. Ctrl-C stops both. Override with LOCALTGI_MODEL, LOCALTGI_PORT, CONTAINER_PORT.
+# wired together. Ctrl-C stops both. Override with LOCALTGI_MODEL, LOCALTGI_PORT, CONTAINER_PORT and any
+# TGI_INF_* setting (TGI_INF_WORKFLOW_KW_ARGS replaces the default below).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=.venv/bin/python
+PY="${PYTHON:-.venv/bin/python}"  # the venv `make deps` fills; PYTHON overrides (tests)
 MODEL="${LOCALTGI_MODEL:-smollm2}"
 TGI_PORT="${LOCALTGI_PORT:-8080}"
 PORT="${CONTAINER_PORT:-3000}"
@@ -31,8 +32,11 @@ pids+=($!)
 wait_for "http://127.0.0.1:$TGI_PORT/health" localtgi "${pids[0]}" 600
 
 # SmolLM2 is an instruct model: text prompts go in as one user turn of its chat template.
+# The default lives in its own variable: a `}` inside `${VAR:-...}` would end the expansion early and
+# append a stray `}` to any value the user sets.
+DEFAULT_KW_ARGS='{"max_new_tokens": 64, "do_sample": false}'
 TGI_INF_WORKFLOW_POSITIONAL_ARGS="[\"http://127.0.0.1:$TGI_PORT\", 60]" \
-TGI_INF_WORKFLOW_KW_ARGS="${TGI_INF_WORKFLOW_KW_ARGS:-{\"max_new_tokens\": 64, \"do_sample\": false}}" \
+TGI_INF_WORKFLOW_KW_ARGS="${TGI_INF_WORKFLOW_KW_ARGS:-$DEFAULT_KW_ARGS}" \
 TGI_INF_PROMPT_AS_CHAT="${TGI_INF_PROMPT_AS_CHAT:-true}" \
   $PY -m infernet_tgi --host 127.0.0.1 --port "$PORT" &
 pids+=($!)
