@@ -17,9 +17,9 @@ $(VENV): pyproject.toml
 	touch $@
 
 $(NODE): package.json package-lock.json
-	# npm ci refuses this lockfile: the registry here has no anvil builds for other platforms, so the
-	# lockfile lists only linux-x64's; npm install honours the pinned versions all the same.
-	npm install --no-audit --no-fund --loglevel=error
+	# npm ci installs exactly the lockfile (which lists anvil's builds for every platform) and never
+	# rewrites it, so a fresh clone stays clean after `make test`.
+	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
 run: deps
