@@ -9,7 +9,7 @@ Usage:
 The key (--private-key / PRIVATE_KEY) must be the consumer's delegated signer (`getSigner()`); the
 subscription is owned by the consumer, which receives the answer in `_receiveCompute`. The node
 answers `{}`: results exist only on-chain. Domain, types and container-id hashing follow
-PROTOCOL.md §4.5; `typed_data` is the exact structure that gets signed.
+docs/protocol.md §2.4; `typed_data` is the exact structure that gets signed.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ queue API, and Vast's route server + TGI worker pair (with real RSA signatures).
 
 Each fake is a small HTTP/1.1 server on 127.0.0.1 in its own thread and event loop (like `faketgi`),
 records what it received in `requests`, and answers from rules that follow the public documentation
-(PROTOCOL.md §7, §9, §10). Use them as context managers.
+(docs/protocol.md §4, §5, §6). Use them as context managers.
 """
 
 from __future__ import annotations

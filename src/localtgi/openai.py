@@ -2,7 +2,7 @@
 `/chat_tokenize`.
 
 Register `routes` on the app (create_app does). Requests are translated into TGI `GenerateParameters`
-with TGI's mapping rules (PROTOCOL.md §5.9: temperature 0 means greedy, presence_penalty p becomes
+with TGI's mapping rules (docs/protocol.md §3.6: temperature 0 means greedy, presence_penalty p becomes
 repetition_penalty p + 2, top_p passes through so 1.0 is a 422, ...) and run through the same validation.
 Streams are framed `data: {...}` and end with `data: [DONE]`; errors inside a stream are
 `{"error":{"message","http_status_code":422}}` events.

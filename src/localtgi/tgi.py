@@ -1,7 +1,7 @@
 """TGI's native routes: `/`, `/generate`, `/generate_stream`, `/info`, `/health`, `/tokenize`, `/metrics`.
 
 Register `routes` on the app (create_app does). Response shapes, omission rules, SSE framing and the
-x-compute-* headers follow TGI (PROTOCOL.md §5).
+x-compute-* headers follow TGI (docs/protocol.md §3).
 """
 
 from __future__ import annotations

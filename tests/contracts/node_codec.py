@@ -1,7 +1,7 @@
 """What infernet-node 1.4.0 does with a container's on-chain result before `deliverCompute`.
 
 Use `delivery_from_result` wherever a test plays the node: it returns the (input, output, proof) bytes
-the node would send, or None when the node delivers nothing (PROTOCOL.md §1.4):
+the node would send, or None when the node delivers nothing (docs/protocol.md §1.4):
 
 1. a `code` key whose value is not the string "200" is a container error: nothing is delivered;
 2. all five keys present: input = abi.encode(bytes,bytes)(raw_input, processed_input), output =

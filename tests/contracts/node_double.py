@@ -1,7 +1,7 @@
 """A loopback stand-in for infernet-node 1.4.0's REST API, backed by the real container.
 
 Use it where a test needs a node: scripts/node_jobs.py and scripts/delegated_subscription.py talk to
-it exactly as to a node (PROTOCOL.md §1.9). The node itself is a Docker image we cannot run here, so
+it exactly as to a node (docs/protocol.md §1.7). The node itself is a Docker image we cannot run here, so
 this double reproduces the parts those scripts depend on:
 
 * `POST /api/jobs` (off-chain): guardian check (405 for an unknown container), then the container is

@@ -1,7 +1,7 @@
 """The compile step and ABI identity with infernet-sdk v1.1 where our contracts meet it.
 
 Golden selectors come from the SDK's own NatSpec (`4-byte signature: 0x...`) and from the function
-signatures PROTOCOL.md §4 lists; a drift in a parameter type or order changes them.
+signatures docs/protocol.md §2 lists; a drift in a parameter type or order changes them.
 """
 
 from __future__ import annotations

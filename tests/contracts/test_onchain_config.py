@@ -1,4 +1,4 @@
-"""config.sample.json against the node 1.4.0 config schema (PROTOCOL.md §1.10), and the compose file.
+"""config.sample.json against the node 1.4.0 config schema (docs/protocol.md §1.8), and the compose file.
 
 The schema is written here from §1.10's tables: every key the node reads, its type, and nothing else
 (an unknown key such as the pre-1.0 `log_path` is silently ignored by the node, so it is an error here).

@@ -9,7 +9,7 @@ import {AnswerBook} from "./AnswerBook.sol";
 /// @notice One-off LLM prompts answered by the `tgi_client_inference_service` container: call
 ///         `promptLLM("...")` (or `chatWithLLM(abi.encode("..."))`), then read `latestAnswer(id)` or
 ///         watch `AnswerReceived`. Also a `Delegator`, so its signer can create delegated
-///         subscriptions off-chain through a node's REST API (PROTOCOL.md §4.5).
+///         subscriptions off-chain through a node's REST API (docs/protocol.md §2.4).
 contract LLMPrompter is CallbackConsumer, Delegator, AnswerBook {
     /// @notice Container id (comma-joined for a chain) the node runs; hashed by the Coordinator.
     string public containerId;

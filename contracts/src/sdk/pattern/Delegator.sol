@@ -3,7 +3,7 @@ pragma solidity ^0.8.19;
 
 /// @title Delegator (offline stand-in for infernet-sdk v1.1 `pattern/Delegator.sol`)
 /// @notice Names the EOA whose EIP-712 signature may create subscriptions owned by this contract
-///         (delegated subscriptions, PROTOCOL.md §4.5). The Coordinator checks the recovered signer
+///         (delegated subscriptions, docs/protocol.md §2.4). The Coordinator checks the recovered signer
 ///         against `getSigner()`.
 abstract contract Delegator {
     address private signer;
