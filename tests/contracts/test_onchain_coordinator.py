@@ -168,10 +168,14 @@ def test_error_result_is_not_delivered(stack: Stack, accounts: Accounts) -> None
 
 
 def test_empty_delivery_is_visible_not_stored(stack: Stack, accounts: Accounts) -> None:
-    """The node's pre-flight simulation delivers empty bytes; it must not revert."""
+    """Node 1.4.0's pre-flight simulation delivers 32 zero bytes as output; it must not revert, and a
+    mined delivery without an answer (lazy: empty output) stores nothing."""
     sub_id = prompt_subscription(stack, accounts.stranger, "simulate")
+    simulation = stack.coordinator.functions.deliverCompute(
+        sub_id, 1, b"", b"\x00" * 32, b"", accounts.node.address
+    )
+    simulation.call({"from": accounts.node.address})  # the node's eth_call simulation succeeds
     call = stack.coordinator.functions.deliverCompute(sub_id, 1, b"", b"", b"", accounts.node.address)
-    call.call({"from": accounts.node.address})  # the node's eth_call simulation succeeds
     receipt = chain.transact(stack.w3, accounts.node, call, "deliverCompute")
     assert chain.events(stack.prompter.events.EmptyDelivery, receipt)
     assert answers(stack, sub_id) == []
@@ -183,7 +187,7 @@ def test_empty_delivery_is_visible_not_stored(stack: Stack, accounts: Accounts) 
 def test_malformed_output_reverts_delivery(stack: Stack, accounts: Accounts) -> None:
     sub_id = prompt_subscription(stack, accounts.stranger, "garbage")
     bad = stack.coordinator.functions.deliverCompute(
-        sub_id, 1, b"", b"\x01" * 40, b"", accounts.node.address
+        sub_id, 1, b"", b"\x01" * 160, b"", accounts.node.address
     )
     with pytest.raises(chain.ChainError, match="reverted"):
         chain.transact(stack.w3, accounts.node, bad, "deliverCompute")

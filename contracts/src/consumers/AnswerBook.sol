@@ -5,13 +5,16 @@ pragma solidity ^0.8.19;
 /// @notice Decodes what an Infernet node delivers for the LLM container and keeps every answer,
 ///         keyed by (subscription, interval), in delivery order.
 /// @dev The node delivers `output = abi.encode(bytes raw_output, bytes processed_output)` and the
-///      container sets `raw_output = abi.encode(string text)` (PROTOCOL.md §1.4, §4.6), so the text is
+///      container sets `raw_output = abi.encode(string text)` (docs/protocol.md §1.4, §2.3), so the text is
 ///      two decodes away. Malformed output reverts the delivery: a wrong answer is never stored.
 abstract contract AnswerBook {
     struct Answer {
         address node;
         string text;
     }
+
+    /// @dev The shortest abi.encode(bytes, bytes): two offsets and two lengths.
+    uint256 private constant MIN_ANSWER_BYTES = 128;
 
     /// @dev subscriptionId => interval => answers in delivery order (redundancy > 1 gives several).
     mapping(uint32 => mapping(uint32 => Answer[])) private _answers;
@@ -24,8 +27,9 @@ abstract contract AnswerBook {
         uint32 indexed subscriptionId, uint32 indexed interval, address indexed node, uint16 redundancy, string answer
     );
 
-    /// @notice A delivery carried no output (the node's pre-flight simulation, or a lazy delivery whose
-    ///         data sits in the Inbox). Nothing is stored; the event makes it visible instead of silent.
+    /// @notice A mined delivery carried no answer (a lazy delivery, whose data sits in the Inbox). Nothing
+    ///         is stored. The node's pre-flight simulation takes the same path, but it is an eth_call:
+    ///         its event is never seen on-chain.
     event EmptyDelivery(uint32 indexed subscriptionId, uint32 indexed interval, address indexed node);
 
     /// @notice No answer has been stored for this subscription (or interval) yet.
@@ -39,9 +43,10 @@ abstract contract AnswerBook {
         address node,
         bytes calldata output
     ) internal returns (bool) {
-        if (output.length == 0) {
-            // The node simulates an empty delivery before running the container; reverting here
-            // would make that simulation fail and the node would drop the job.
+        if (output.length < MIN_ANSWER_BYTES) {
+            // Too short to be abi.encode(bytes, bytes): no answer. Node 1.4.0 simulates the delivery
+            // with 32 zero bytes before running the container (docs/protocol.md §1.4); it would ignore
+            // a plain revert, but not reverting keeps its log clean and any node version happy.
             emit EmptyDelivery(subscriptionId, interval, node);
             return false;
         }
