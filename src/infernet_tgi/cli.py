@@ -23,6 +23,7 @@ from . import __version__
 from .app import create_app
 from .config import Settings
 from .errors import ConfigError
+from .upstream.http import redact
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,11 +63,12 @@ def main(argv: list[str] | None = None) -> int:
     config.keep_alive_timeout = 75
     config.graceful_timeout = 5
     logging.getLogger("infernet_tgi").info(
-        "infernet-tgi %s on http://%s:%d -> %s (%d worker%s)",
+        "infernet-tgi %s on http://%s:%d -> %s at %s (%d worker%s)",
         __version__,
         host,
         port,
-        settings.server_url,
+        settings.upstream_kind,  # where jobs really go: TGI_INF_UPSTREAM_URLS / RUNPOD_ENDPOINT win
+        ", ".join(redact(url) for url in settings.urls),
         args.workers,
         "" if args.workers == 1 else "s",
     )

@@ -42,3 +42,10 @@ def test_protocol_citations_name_existing_sections() -> None:
                 cited.add((str(path.relative_to(ROOT)), number))
     assert len(cited) >= 12
     assert sorted(c for c in cited if c[1] not in sections) == []
+
+
+def test_commands_in_the_docs_use_the_venvs_python() -> None:
+    """`python` on a fresh machine lacks eth-abi and web3: every shown command runs `.venv/bin/python`."""
+    bare = re.compile(r"^(?:\$ )?python3? ", flags=re.M)
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    assert [str(p.relative_to(ROOT)) for p in pages if bare.search(p.read_text("utf-8"))] == []
