@@ -78,6 +78,10 @@ class FakeTGI:
 
     model_id: str = "fake/tgi-model"
     default: Behaviour = field(default_factory=Ok)
+    # /chat_tokenize and /tokenize: absent (404, as TGI before 2.2) unless `chat_tokenize`; `bos` is
+    # a token the tokenizer adds in front of every text, which the template also writes.
+    chat_tokenize: bool = False
+    bos: str = ""
     requests: list[Seen] = field(default_factory=list)
     disconnects: int = 0
     port: int = 0
@@ -159,6 +163,8 @@ class FakeTGI:
             if req.path == "/health":
                 return await _send(writer, 200, b"", "application/json")
             return await _send(writer, 404, b"", "text/plain")
+        if req.path in ("/chat_tokenize", "/tokenize"):
+            return await self._tokenize(req, writer)
         behaviour = self._next()
         streaming = req.path.endswith("generate_stream") or (
             isinstance(req.body, dict) and req.body.get("stream") is True
@@ -228,6 +234,22 @@ class FakeTGI:
                 self.disconnects += 1
             return False
         return False
+
+
+    async def _tokenize(self, req: Seen, writer: asyncio.StreamWriter) -> bool:
+        if not self.chat_tokenize:
+            return await _send(writer, 404, b"", "text/plain")
+        body = req.body if isinstance(req.body, dict) else {}
+        bos = [{"id": 1, "text": self.bos, "start": 0, "stop": len(self.bos)}] if self.bos else []
+        if req.path == "/tokenize":
+            inputs = str(body.get("inputs", ""))
+            added = [{**t, "text": "", "stop": 0} for t in bos]  # TGI shows added tokens with no span
+            text_token = {"id": 2, "text": inputs, "start": 0, "stop": len(inputs)}
+            return await _send_json(writer, 200, [*added, text_token])
+        turns = "".join(f"<|{m['role']}|>{m['content']}\n" for m in body.get("messages", []))
+        text = f"{self.bos}{turns}<|assistant|>\n"
+        rest = {"id": 2, "text": text[len(self.bos) :], "start": len(self.bos), "stop": len(text)}
+        return await _send_json(writer, 200, {"tokenize_response": [*bos, rest], "templated_text": text})
 
 
 def _split_keep_spaces(text: str) -> list[str]:

@@ -1,15 +1,17 @@
 """TGI's native protocol with its Messages API beside it: the default upstream kind.
 
 Use `NativeTGI` for Hugging Face TGI and localtgi (and, with other paths, DataCrunch). Prompt jobs go
-to `/generate` / `/generate_stream` through `TGIUpstream`, with a constraint sent as TGI's `grammar`;
-chat jobs go to TGI's `/v1/chat/completions` (translated by `OpenAIUpstream` in its `tgi` dialect), or
-are refused with a clear error when the server has no chat route (DataCrunch).
+to `/generate` / `/generate_stream` through `TGIUpstream`, with a constraint sent as TGI's `grammar`.
+Chat jobs are rendered with the model's own template by `/chat_tokenize` and go to `/generate` too, so
+every TGI parameter works for them; a TGI without that route gets them on `/v1/chat/completions`
+(translated by `OpenAIUpstream` in its `tgi` dialect). A server without a chat route (DataCrunch)
+refuses them with a clear error.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -64,16 +66,28 @@ class NativeTGI:
         parameters = {**request.parameters, "grammar": tgi_grammar(constraint)}
         return dataclasses.replace(request, parameters=parameters)
 
+    async def _templated(self, request: GenerationRequest) -> GenerationRequest | None:
+        """A chat job as a prompt job for `/generate` (None: use the Messages API instead)."""
+        if request.messages is None or self._chat is None:
+            return request
+        prompt = await self._tgi.chat_prompt(request.messages)
+        if prompt is None:
+            _refuse_generate_only(request.parameters, self.url)
+            return None
+        return dataclasses.replace(request, prompt=prompt, messages=None)
+
     async def generate(self, request: GenerationRequest) -> Generation:
-        if request.messages is not None and self._chat is not None:
+        native = await self._templated(request)
+        if native is None and self._chat is not None:
             return await self._chat.generate(request)
-        return await self._tgi.generate(self._native(request))
+        return await self._tgi.generate(self._native(native or request))
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamDelta]:
-        if request.messages is not None and self._chat is not None:
+        native = await self._templated(request)
+        if native is None and self._chat is not None:
             events = self._chat.stream(request)
         else:
-            events = self._tgi.stream(self._native(request))
+            events = self._tgi.stream(self._native(native or request))
         try:
             async for delta in events:
                 yield delta
@@ -94,3 +108,24 @@ class NativeTGI:
             raise transport_error(exc, self._health) from exc
         if response.status_code != 200:
             raise status_error(response.status_code, response.content, self._health)
+
+
+# TGI parameters its Messages API does not take (value: when a setting of it matters).
+_GENERATE_ONLY: dict[str, Callable[[Any], bool]] = {
+    "top_k": lambda v: v is not None,
+    "truncate": lambda v: v is not None,
+    "typical_p": lambda v: v is not None,
+    "watermark": lambda v: bool(v),
+    "best_of": lambda v: v is not None and v > 1,
+    "return_full_text": lambda v: bool(v),
+}
+
+
+def _refuse_generate_only(parameters: dict[str, Any], url: str) -> None:
+    for name, matters in _GENERATE_ONLY.items():
+        if matters(parameters.get(name)):
+            raise UpstreamValidationError(
+                f"`{name}` needs TGI's /generate, but {redact(url)} cannot render chats for it (no "
+                "/chat_tokenize: TGI older than 2.2, or a model without a fast tokenizer); set "
+                "TGI_INF_CHAT_TEMPLATE to the model's template, or leave `{name}` out"
+            )

@@ -1,15 +1,16 @@
-"""TGI's native protocol: `POST /generate` and `POST /generate_stream`.
+"""TGI's native protocol: `POST /generate`, `POST /generate_stream` and `POST /chat_tokenize`.
 
 Use `TGIUpstream` for Hugging Face TGI, localtgi, and anything that speaks TGI's generate routes
 (DataCrunch and Vast wrap it). It always asks for `details` so finish reasons and token counts are
 known, drops special tokens from streams (the reference leaks `</s>`), and checks every stream event
-for an in-band error.
+for an in-band error. `chat_prompt` renders a chat with the served model's own template
+(`/chat_tokenize`, docs/protocol.md §3.5), so chats can go to `/generate` with every TGI parameter.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import httpx
@@ -37,6 +38,8 @@ class TGIUpstream:
         self._generate_url = self._url + generate_path
         self._stream_url = self._url + stream_path
         self._extra = dict(extra_body or {})
+        self._chat_tokenize = True  # until the server shows it has no such route
+        self._added_prefix: tuple[int, ...] | None = None  # ids /generate adds in front (a BOS)
 
     @property
     def url(self) -> str:
@@ -70,6 +73,64 @@ class TGIUpstream:
 
     def stream(self, request: GenerationRequest) -> AsyncIterator[StreamDelta]:
         return tgi_stream(self._client, self._stream_url, json=self._body(request))
+
+    async def chat_prompt(self, messages: Sequence[dict[str, str]]) -> str | None:
+        """The prompt the served model's chat template makes of `messages`, ready for `/generate`;
+        None when the server cannot render it (no `/chat_tokenize`: TGI before 2.2, or a model without
+        a fast tokenizer; both answer 404). A template error is the server's 422."""
+        if not self._chat_tokenize:
+            return None
+        url = self._url + "/chat_tokenize"
+        body = {"model": "tgi", "messages": [dict(m) for m in messages]}
+        try:
+            response = await self._client.post(url, json=body)
+        except httpx.HTTPError as exc:
+            raise transport_error(exc, url) from exc
+        if response.status_code == 404:
+            self._chat_tokenize = False
+            return None
+        if response.status_code != 200:
+            raise status_error(response.status_code, response.content, url)
+        payload = _decode(response.content, url)
+        text = payload.get("templated_text") if isinstance(payload, dict) else None
+        tokens = payload.get("tokenize_response") if isinstance(payload, dict) else None
+        if not isinstance(text, str) or not isinstance(tokens, list):
+            raise UpstreamProtocolError(
+                f"upstream /chat_tokenize answer has no templated_text ({redact(url)})"
+            )
+        return await self._without_added_prefix(text, tokens)
+
+    async def _without_added_prefix(self, text: str, tokens: list[Any]) -> str:
+        # /generate tokenizes its input with the tokenizer's special tokens (a Llama BOS), and most
+        # templates write that BOS themselves: sent as is, the model would see it twice.
+        prefix = await self._prefix_ids()
+        if len(prefix) != 1 or not tokens or not isinstance(tokens[0], dict):
+            return text
+        first = tokens[0]
+        piece = first.get("text")
+        if first.get("id") == prefix[0] and isinstance(piece, str) and piece and text.startswith(piece):
+            return text[len(piece) :]
+        return text
+
+    async def _prefix_ids(self) -> tuple[int, ...]:
+        """The ids the server's tokenizer puts before any text (`/tokenize` shows them with an
+        empty span); asked once. A server that will not say is taken to add none."""
+        if self._added_prefix is not None:
+            return self._added_prefix
+        url = self._url + "/tokenize"
+        try:
+            response = await self._client.post(url, json={"inputs": "a"})
+        except httpx.HTTPError as exc:
+            raise transport_error(exc, url) from exc
+        prefix: list[int] = []
+        payload = _decode(response.content, url) if response.status_code == 200 else None
+        for token in payload if isinstance(payload, list) else []:
+            if not isinstance(token, dict) or token.get("start") != 0 or token.get("stop") != 0:
+                break
+            if isinstance(token.get("id"), int):
+                prefix.append(token["id"])
+        self._added_prefix = tuple(prefix)
+        return self._added_prefix
 
     async def info(self) -> dict[str, Any]:
         url = self._url + "/info"
