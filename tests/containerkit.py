@@ -22,3 +22,66 @@ def env_for(url: str, **extra: Any) -> dict[str, str]:
     }
     env.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in extra.items()})
     return env
+
+
+def free_port() -> int:
+    """A loopback port that was free a moment ago."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RunningContainer:
+    """The container as operators run it (`python -m infernet_tgi`, a separate hypercorn process) on a
+    free loopback port: `with RunningContainer(env) as url: ...`; stderr is kept in `log`."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.url = ""
+        self.log = ""
+        self._proc: Any = None
+
+    def __enter__(self) -> str:
+        import os
+        import subprocess
+        import sys
+        import tempfile
+        import time
+
+        import httpx
+
+        port = free_port()
+        self._stderr = tempfile.TemporaryFile()
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "infernet_tgi", "--host", "127.0.0.1", "--port", str(port)],
+            env={**os.environ, **self.env},
+            stdout=subprocess.DEVNULL,
+            stderr=self._stderr,
+        )
+        self.url = f"http://127.0.0.1:{port}"
+        started = time.monotonic()
+        while time.monotonic() - started < 20:
+            if self._proc.poll() is not None:
+                break
+            try:
+                if httpx.get(self.url + "/", timeout=0.5).status_code == 200:
+                    return self.url
+            except httpx.TransportError:
+                time.sleep(0.05)
+        self.__exit__()
+        raise RuntimeError(f"container did not start: {self.log}")
+
+    def __exit__(self, *exc: object) -> None:
+        import subprocess
+
+        self._proc.terminate()
+        try:
+            self._proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+        self._stderr.seek(0)
+        self.log = self._stderr.read().decode(errors="replace")
+        self._stderr.close()

@@ -12,21 +12,23 @@ a `ConstraintViolationError`, never unconstrained text.
 
 from __future__ import annotations
 
-import json
-import re
+import asyncio
+import functools
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError
-
+from . import jsontext
 from .errors import ConstraintViolationError, ParameterError
 from .protocol import TGI_PREFIX
+from .schemas import answer_schema_error, checked_regex, checked_schema, regex_fullmatch
 
 Kind = Literal["choice", "json", "regex"]
 _SIMPLE_TYPES = ("string", "integer", "boolean", "number")
 # Characters with a meaning in the regex dialects of TGI (outlines, llguidance) and Python.
 _META = set("\\.^$|?*+()[]{}")
+# A JSON answer nested deeper than this is refused before parsing (see jsontext).
+MAX_ANSWER_DEPTH = 64
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,7 @@ class Constraint:
             return cls("choice", choices=tuple(dict.fromkeys(response_pool)))
         if json_format is not None:
             schema = json_format if json_format_is_json_schema else simple_json_schema(json_format)
-            return cls("json", schema=_checked_schema(schema, "json_format"))
+            return cls("json", schema=checked_schema(schema, "json_format"))
         if grammar is not None:
             return from_grammar(grammar)
         return None
@@ -88,20 +90,20 @@ def from_grammar(grammar: dict[str, Any]) -> Constraint:
     if kind == "regex":
         if not isinstance(value, str) or not value:
             raise ParameterError(f"{TGI_PREFIX}a regex `grammar` needs a non-empty string value")
-        return Constraint("regex", pattern=value)
+        return Constraint("regex", pattern=checked_regex(value, "`grammar`"))
     if kind == "json_schema":
         if not isinstance(value, dict) or not isinstance(value.get("schema"), dict):
             raise ParameterError(f'{TGI_PREFIX}a json_schema `grammar` needs {{"schema": {{...}}}}')
-        return Constraint("json", schema=_checked_schema(value["schema"], "grammar"))
+        return Constraint("json", schema=checked_schema(value["schema"], "grammar"))
     if kind in ("json", "json_object"):
         if isinstance(value, str):
             try:
-                value = json.loads(value)
+                value = jsontext.loads(value, max_depth=MAX_ANSWER_DEPTH)
             except ValueError as exc:
                 raise ParameterError(f"{TGI_PREFIX}`grammar` value is not JSON: {exc}") from exc
         if not isinstance(value, dict):
             raise ParameterError(f"{TGI_PREFIX}a json `grammar` needs a JSON schema object")
-        return Constraint("json", schema=_checked_schema(value, "grammar"))
+        return Constraint("json", schema=checked_schema(value, "grammar"))
     raise ParameterError(f"{TGI_PREFIX}unknown `grammar` type {kind!r}")
 
 
@@ -131,14 +133,6 @@ def simple_json_schema(fields: dict[str, Any]) -> dict[str, Any]:
     return of(fields, "json_format")
 
 
-def _checked_schema(schema: dict[str, Any], name: str) -> dict[str, Any]:
-    try:
-        Draft202012Validator.check_schema(schema)
-    except SchemaError as exc:
-        raise ParameterError(f"{TGI_PREFIX}`{name}` is not a valid JSON schema: {exc.message}") from exc
-    return schema
-
-
 def choice_regex(choices: tuple[str, ...]) -> str:
     """An alternation matching exactly one of `choices`, escaped for TGI's and Python's regexes."""
     return "(" + "|".join("".join("\\" + c if c in _META else c for c in s) for s in choices) + ")"
@@ -165,9 +159,22 @@ def vllm_fields(constraint: Constraint, form: Literal["structured_outputs", "gui
     return {"structured_outputs": {key: value}}
 
 
+async def verify(
+    constraint: Constraint, text: str, *, finish_reason: str | None, where: str, executor: Executor
+) -> str:
+    """`check`, run in `executor` when it parses or matches (JSON and regex constraints): RE2 and the
+    schema check's step budget bound it, but it is CPU work proportional to the answer, so it stays
+    off the event loop. Give a one-thread executor: each busy thread takes a share of the GIL from
+    the event loop, so hostile jobs checked in parallel would slow every other request."""
+    if constraint.kind == "choice":
+        return check(constraint, text, finish_reason=finish_reason, where=where)
+    run = functools.partial(check, constraint, text, finish_reason=finish_reason, where=where)
+    return await asyncio.get_running_loop().run_in_executor(executor, run)
+
+
 def check(constraint: Constraint, text: str, *, finish_reason: str | None, where: str) -> str:
     """The answer when it keeps the constraint (a pool answer with stray whitespace is trimmed);
-    else `ConstraintViolationError` saying why."""
+    else `ConstraintViolationError` saying why. Prefer `verify` on the event loop."""
     if constraint.kind == "choice":
         for candidate in (text, text.strip()):
             if candidate in constraint.choices:
@@ -176,20 +183,15 @@ def check(constraint: Constraint, text: str, *, finish_reason: str | None, where
         return _violated(constraint, text, cut, where, "it is not in the pool")
     if constraint.kind == "json":
         try:
-            value = json.loads(text)
+            value = jsontext.loads(text, max_depth=MAX_ANSWER_DEPTH)
         except ValueError as exc:
             cut = finish_reason == "length"
             return _violated(constraint, text, cut, where, f"it is not JSON ({exc})")
-        error = next(iter(Draft202012Validator(constraint.schema or {}).iter_errors(value)), None)
+        error = answer_schema_error(constraint.schema or {}, value)
         if error is not None:
-            path = "/".join(str(p) for p in error.absolute_path) or "the top level"
-            return _violated(constraint, text, False, where, f"at {path}: {error.message}")
+            return _violated(constraint, text, False, where, error)
         return text
-    try:
-        compiled = re.compile(constraint.pattern or "")
-    except re.error:
-        return text  # a pattern only the upstream's regex dialect understands: nothing to compare
-    if compiled.fullmatch(text):
+    if regex_fullmatch(constraint.pattern or "", text):
         return text
     return _violated(constraint, text, finish_reason == "length", where, "it does not match")
 

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ..chat import ChatTemplate
-from ..constraints import check
+from ..constraints import verify
 from .base import Generation, GenerationRequest, StreamDelta, Upstream
 from .http import redact
 from .openai import constraint_of
@@ -27,6 +28,8 @@ class Guard:
     def __init__(self, inner: Upstream, *, template: ChatTemplate | None = None) -> None:
         self.inner = inner
         self._template = template
+        # Answer checks (JSON schema, RE2) run here, one at a time, off the event loop.
+        self._checks = ThreadPoolExecutor(max_workers=1, thread_name_prefix="answer-check")
 
     @property
     def url(self) -> str:
@@ -44,11 +47,12 @@ class Guard:
         constraint = constraint_of(request)
         if constraint is None:
             return generation
-        text = check(
+        text = await verify(
             constraint,
             generation.text,
             finish_reason=generation.finish_reason,
             where=redact(self.inner.url),
+            executor=self._checks,
         )
         return dataclasses.replace(generation, text=text)
 
@@ -66,11 +70,12 @@ class Guard:
             async for delta in events:
                 pieces.append(delta.text)
                 last = delta
-            text = check(
+            text = await verify(
                 constraint,
                 "".join(pieces),
                 finish_reason=last.finish_reason,
                 where=redact(self.inner.url),
+                executor=self._checks,
             )
             yield dataclasses.replace(last, text=text)
         finally:
@@ -82,6 +87,7 @@ class Guard:
         return await self.inner.info()
 
     async def aclose(self) -> None:
+        self._checks.shutdown(wait=False, cancel_futures=True)
         close = getattr(self.inner, "aclose", None)
         if close is not None:
             await close()
