@@ -22,20 +22,21 @@ from typing import Any
 
 import httpx
 from quart import Quart, Response, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
-from . import __version__, onchain
+from . import __version__, jsontext, onchain
 from .config import Settings
 from .errors import (
     BadJobError,
     InfernetTGIError,
     UnauthorizedError,
     UpstreamError,
+    UpstreamProtocolError,
     UpstreamTimeoutError,
 )
 from .jobs import Job, parse_job
 from .metrics import Metrics
-from .protocol import OffchainResult, OnchainResult, Usage
+from .protocol import MAX_JSON_DEPTH, OffchainResult, OnchainResult, Usage
 from .retry import Sleep
 from .upstream.base import StreamDelta, Upstream
 from .upstream.factory import build_upstream
@@ -46,6 +47,9 @@ log = logging.getLogger("infernet_tgi")
 
 JSON = "application/json"
 HEALTH = {"message": "Lightweight TGI Client Inference Service"}
+# Bodies above this are parsed and validated in a worker thread: parsing is linear in the size
+# (bounded by TGI_INF_MAX_BODY_BYTES), but a megabyte of brackets still takes ~0.2 s of CPU.
+INLINE_PARSE_BYTES = 16 * 1024
 
 
 @dataclass
@@ -65,6 +69,8 @@ def create_app(settings: Settings, *, sleep: Sleep | None = None, upstream: Upst
     """A ready-to-serve app. `sleep` and `upstream` are for tests (retry waits, a fake backend)."""
     app = Quart("infernet_tgi")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    # OPTIONS gets the JSON 405 (with `Allow`) below instead of Quart's empty text/html 200.
+    app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
     metrics = Metrics()
     runtime = _Runtime()
 
@@ -104,7 +110,7 @@ def create_app(settings: Settings, *, sleep: Sleep | None = None, upstream: Upst
 
     @app.before_request
     async def check_bearer() -> None:
-        if settings.bearer is None or (request.method == "GET" and request.path == "/"):
+        if settings.bearer is None or (request.method in ("GET", "HEAD") and request.path == "/"):
             return
         given = request.headers.get("Authorization", "")
         scheme, _, token = given.partition(" ")
@@ -123,8 +129,13 @@ def create_app(settings: Settings, *, sleep: Sleep | None = None, upstream: Upst
         metrics.in_flight.inc()
         streaming = False
         try:
-            body = _loads(await request.get_data(as_text=False))
-            job = parse_job(body, settings)
+            raw = await request.get_data(as_text=False)
+            if len(raw) <= INLINE_PARSE_BYTES:
+                body = _loads(raw)
+                job = parse_job(body, settings)
+            else:
+                body = await asyncio.to_thread(_loads, raw)
+                job = await asyncio.to_thread(parse_job, body, settings)
             if job.streaming:
                 response = await _stream(job)
                 streaming = True  # the stream's body now owns the in-flight count
@@ -149,6 +160,11 @@ def create_app(settings: Settings, *, sleep: Sleep | None = None, upstream: Upst
                 f"no answer within the container's {settings.job_deadline:g} s job deadline "
                 "(TGI_INF_JOB_DEADLINE; the node gives up at 180 s)"
             ) from exc
+        if jsontext.has_lone_surrogate(generation.text):
+            raise UpstreamProtocolError(
+                f"the answer from {workflow().upstream.url} holds a lone UTF-16 surrogate, "
+                "which cannot be encoded as UTF-8 (nor ABI-encoded); the upstream sent broken text"
+            )
         if job.onchain_output:
             return OnchainResult(
                 raw_input=job.raw_input, raw_output=onchain.encode_text(generation.text)
@@ -198,9 +214,16 @@ def create_app(settings: Settings, *, sleep: Sleep | None = None, upstream: Upst
     async def http_error(exc: HTTPException) -> Response:
         status = exc.code or 500
         description = exc.description or exc.name
+        headers = {}
         if status == 413:
             description = f"request body is over {settings.max_body_bytes} bytes (TGI_INF_MAX_BODY_BYTES)"
-        return _json({"code": str(status), "name": exc.name, "description": description}, status)
+        if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
+            allowed = ", ".join(sorted(exc.valid_methods))
+            description = f"{request.method} is not served at {request.path}; allowed: {allowed}"
+            headers["Allow"] = allowed
+        response = _json({"code": str(status), "name": exc.name, "description": description}, status)
+        response.headers.update(headers)
+        return response
 
     @app.errorhandler(Exception)
     async def unexpected(exc: Exception) -> Response:
@@ -248,7 +271,9 @@ class _TextStream:
                 log.warning("stream ended early: %s", exc.description)
                 raise StopAsyncIteration from None
             if delta.text:
-                return delta.text.encode()
+                # A lone surrogate from the upstream becomes U+FFFD: the text already sent cannot be
+                # taken back, and raising here would cut the stream mid-body.
+                return jsontext.scrub(delta.text).encode()
 
     async def aclose(self) -> None:
         if self._on_close is None:
@@ -308,9 +333,11 @@ def _resources(model_id: str | None, engine_version: str | None, engine: str | N
 
 def _loads(raw: str | bytes) -> Any:
     try:
-        return json.loads(raw)
-    except ValueError as exc:
+        return jsontext.loads(raw, max_depth=MAX_JSON_DEPTH)
+    except json.JSONDecodeError as exc:
         raise BadJobError(f"request body is not valid JSON: {exc}") from exc
+    except ValueError as exc:  # too deep, not UTF-8, a lone surrogate, an integer of 4,300+ digits
+        raise BadJobError(f"request body refused: {exc}") from exc
 
 
 def _route(body: Any) -> tuple[int | None, int | None]:
@@ -324,4 +351,5 @@ def _route(body: Any) -> tuple[int | None, int | None]:
 
 
 def _json(value: Any, status: int = 200) -> Response:
-    return Response(json.dumps(value, ensure_ascii=False), status=status, content_type=JSON)
+    # `scrub`: an error description may quote an upstream's message holding a lone surrogate.
+    return Response(jsontext.scrub(json.dumps(value, ensure_ascii=False)), status=status, content_type=JSON)

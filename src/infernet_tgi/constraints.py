@@ -175,6 +175,8 @@ async def verify(
 def check(constraint: Constraint, text: str, *, finish_reason: str | None, where: str) -> str:
     """The answer when it keeps the constraint (a pool answer with stray whitespace is trimmed);
     else `ConstraintViolationError` saying why. Prefer `verify` on the event loop."""
+    if jsontext.has_lone_surrogate(text):
+        return _violated(constraint, text, False, where, "it holds a lone UTF-16 surrogate")
     if constraint.kind == "choice":
         for candidate in (text, text.strip()):
             if candidate in constraint.choices:

@@ -174,6 +174,8 @@ def _describe(exc: ValidationError) -> str:
             parts.append(f"unknown parameter `{where}`")
         elif err["type"] == "missing":
             parts.append(f"`{where}` is required")
+        elif err["type"] == "finite_number":
+            parts.append(f"`{where}` must be a finite number (NaN, Infinity and overflowing values are not)")
         else:
             parts.append(f"`{where}`: {err['msg']}")
     return "; ".join(parts)

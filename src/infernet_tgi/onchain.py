@@ -18,15 +18,18 @@ from typing import Any
 from eth_abi.abi import decode, encode
 from eth_abi.exceptions import DecodingError
 
+from . import jsontext
 from .errors import InputDecodeError
+from .protocol import MAX_JSON_DEPTH
 
 _HEX = re.compile(r"[0-9a-fA-F]*")
 _ONE_STRING = 0x20
 _TWO_STRINGS = 0x40
 
 
-def decode_input(data: str) -> tuple[str, dict[str, Any] | None]:
-    """The prompt (and parameters object, if present) in on-chain `data`."""
+def decode_input(data: str, *, max_depth: int = MAX_JSON_DEPTH) -> tuple[str, dict[str, Any] | None]:
+    """The prompt (and parameters object, if present) in on-chain `data`; the parametersJson may
+    nest at most `max_depth` deep."""
     raw = _unhex(data)
     head = int.from_bytes(raw[:32], "big") if len(raw) >= 32 else None
     if head == _ONE_STRING:
@@ -50,7 +53,7 @@ def decode_input(data: str) -> tuple[str, dict[str, Any] | None]:
     prompt = str(values[0])
     if len(values) == 1:
         return prompt, None
-    return prompt, _parameters(str(values[1]))
+    return prompt, _parameters(str(values[1]), max_depth)
 
 
 def encode_text(text: str) -> str:
@@ -77,11 +80,13 @@ def _unhex(data: str) -> bytes:
         raise InputDecodeError(f"on-chain input is not hex: {exc}") from exc
 
 
-def _parameters(text: str) -> dict[str, Any]:
+def _parameters(text: str, max_depth: int) -> dict[str, Any]:
     try:
-        value = json.loads(text) if text.strip() else {}
+        value = jsontext.loads(text, max_depth=max_depth) if text.strip() else {}
     except json.JSONDecodeError as exc:
         raise InputDecodeError(f"on-chain parametersJson is not JSON: {exc}") from exc
+    except ValueError as exc:  # too deep, a lone surrogate, an integer of 4,300+ digits
+        raise InputDecodeError(f"on-chain parametersJson refused: {exc}") from exc
     if not isinstance(value, dict):
         raise InputDecodeError("on-chain parametersJson must be a JSON object")
     return value

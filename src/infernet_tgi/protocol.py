@@ -14,6 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, Stri
 ONCHAIN, OFFCHAIN, STREAM = 0, 1, 2
 
 TGI_PREFIX = "Input validation error: "
+# How deep a job's JSON may nest (the body, on-chain parametersJson): room for a JSON schema at its
+# own limit inside `data.parameters`, far below where Python's json recursion gives out.
+MAX_JSON_DEPTH = 64
 
 
 class InfernetInput(BaseModel):
@@ -40,7 +43,11 @@ class GenerationParameters(BaseModel):
     """TGI's generate parameters, by TGI's names. Unknown names are rejected; `stop_sequences` (the
     text-generation client's name, used in infernet-ml configurations) is accepted as `stop`."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True, frozen=True)
+    # allow_inf_nan: NaN, Infinity and 1e999 (inf once parsed) are not numbers TGI accepts, and NaN
+    # would go upstream as the invalid JSON token `NaN`.
+    model_config = ConfigDict(
+        extra="forbid", strict=True, populate_by_name=True, frozen=True, allow_inf_nan=False
+    )
 
     best_of: StrictInt | None = Field(default=None, ge=0)
     decoder_input_details: StrictBool | None = None
