@@ -17,6 +17,7 @@ import platform
 import shutil
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,9 +48,14 @@ log = logging.getLogger("infernet_tgi")
 
 JSON = "application/json"
 HEALTH = {"message": "Lightweight TGI Client Inference Service"}
-# Bodies above this are parsed and validated in a worker thread: parsing is linear in the size
-# (bounded by TGI_INF_MAX_BODY_BYTES), but a megabyte of brackets still takes ~0.2 s of CPU.
+# Bodies above this, and any body that may carry a JSON schema or regex, are parsed and validated
+# in a worker thread: parsing is linear in the size (bounded by TGI_INF_MAX_BODY_BYTES), but a
+# megabyte of brackets takes ~0.2 s of CPU, and checking a schema of a few thousand values ~1 s.
 INLINE_PARSE_BYTES = 16 * 1024
+# Words whose presence sends a body to the worker thread, as text and as on-chain hex.
+_CONSTRAINT_WORDS = tuple(
+    form for word in (b"json_format", b"grammar") for form in (word, word.hex().encode())
+)
 
 
 @dataclass
@@ -58,6 +64,9 @@ class _Runtime:
 
     client: httpx.AsyncClient | None = None
     workflow: TGIClientInferenceWorkflow | None = None
+    # One thread: parsing hostile bodies in parallel threads would take the GIL from the event loop
+    # in turn (each for the interpreter's 5 ms switch interval), slowing every other request.
+    parsing: ThreadPoolExecutor | None = None
 
 
 def create_app_from_env() -> Quart:
@@ -93,11 +102,13 @@ def create_app(settings: Settings, *, sleep: Sleep | None = None, upstream: Upst
             **settings.defaults.tgi_json(),
         )
         await workflow.setup()
-        runtime.client, runtime.workflow = client, workflow
+        parsing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="job-parse")
+        runtime.client, runtime.workflow, runtime.parsing = client, workflow, parsing
         try:
             yield
         finally:
-            runtime.client = runtime.workflow = None
+            runtime.client = runtime.workflow = runtime.parsing = None
+            parsing.shutdown(wait=False, cancel_futures=True)
             close = getattr(workflow.upstream, "aclose", None)
             if close is not None:
                 await close()  # the pool's background health checks
@@ -130,12 +141,13 @@ def create_app(settings: Settings, *, sleep: Sleep | None = None, upstream: Upst
         streaming = False
         try:
             raw = await request.get_data(as_text=False)
-            if len(raw) <= INLINE_PARSE_BYTES:
+            if _parse_inline(raw):
                 body = _loads(raw)
                 job = parse_job(body, settings)
             else:
-                body = await asyncio.to_thread(_loads, raw)
-                job = await asyncio.to_thread(parse_job, body, settings)
+                loop = asyncio.get_running_loop()
+                body = await loop.run_in_executor(runtime.parsing, _loads, raw)
+                job = await loop.run_in_executor(runtime.parsing, parse_job, body, settings)
             if job.streaming:
                 response = await _stream(job)
                 streaming = True  # the stream's body now owns the in-flight count
@@ -329,6 +341,14 @@ def _resources(model_id: str | None, engine_version: str | None, engine: str | N
             }
         ],
     }
+
+
+def _parse_inline(raw: str | bytes) -> bool:
+    """Whether `raw` is cheap enough to parse on the event loop (see INLINE_PARSE_BYTES)."""
+    if len(raw) > INLINE_PARSE_BYTES:
+        return False
+    folded = (raw if isinstance(raw, bytes) else raw.encode(errors="replace")).lower()  # hex: any case
+    return not any(word in folded for word in _CONSTRAINT_WORDS)
 
 
 def _loads(raw: str | bytes) -> Any:

@@ -16,7 +16,9 @@ stranger, so a schema or a regex is refused with a `ParameterError` (422) naming
   non-finite number, or `unevaluatedProperties` meets `patternProperties` (jsonschema would match
   those patterns with Python's `re`);
 - a regex (`grammar` regex, `pattern`, a `patternProperties` key) is longer than `MAX_REGEX_CHARS`,
-  or RE2 cannot compile it (invalid, or backreferences and lookaround, which need backtracking).
+  RE2 cannot compile it (invalid, or backreferences and lookaround, which need backtracking), or its
+  RE2 program is over `MAX_REGEX_PROGRAM` instructions (RE2 is linear in the text, but with a factor
+  up to the program's size: `.{0,500}x` is 4,500 instructions and searches 8 KB in ~0.3 s).
 
 Every regex from a job is matched by RE2 (`google-re2`), in time linear in the text. Schema checks run
 in a jsonschema validator class built with `jsonschema.validators.extend`, whose `pattern`,
@@ -45,13 +47,16 @@ from .errors import ParameterError
 from .protocol import TGI_PREFIX
 
 MAX_SCHEMA_DEPTH = 48  # JSON nesting of the schema document
-MAX_SCHEMA_NODES = 5_000  # values in the schema document
+MAX_SCHEMA_NODES = 2_000  # values in the schema document (checking its form: ~0.3 ms each)
 MAX_REF_CHAIN = 32  # $ref / allOf / ... hops applied to one value
 MAX_EXPANSION = 2_000  # subschemas applied to one value through those hops
 MAX_REGEX_CHARS = 2_000
+MAX_REGEX_PROGRAM = 2_000  # RE2 instructions: matching costs up to ~1 ns x this per character
+MAX_REGEXES = 64  # distinct regexes in one schema
 MAX_CHECK_STEPS = 20_000  # keyword evaluations for one answer (about 13 us each: ~0.25 s)
 _YIELD_EVERY = 64  # keyword evaluations (about 1 ms) between GIL hand-overs
-_RE2_MEMORY = 4 << 20  # bytes RE2 may use per compiled regex (its default is 8 MiB)
+_RE2_MEMORY = 256 << 10  # bytes RE2 may use per regex (default 8 MiB): also bounds compile time
+_CHARS_PER_STEP = 8  # a regex match spends one budget step per this many characters
 
 _SAME_PLACE_LISTS = ("allOf", "anyOf", "oneOf")
 _SAME_PLACE_ONE = ("not", "if", "then", "else")
@@ -63,6 +68,7 @@ def _options() -> re2.Options:
     options = re2.Options()
     options.max_mem = _RE2_MEMORY
     options.log_errors = False  # RE2 would print every refused job regex on stderr
+    options.never_capture = True  # only "does it match" is asked: lets RE2 use its DFA
     return options
 
 
@@ -77,13 +83,18 @@ def checked_regex(pattern: str, where: str) -> str:
             f"{TGI_PREFIX}the regex in {where} is {len(pattern)} characters; at most {MAX_REGEX_CHARS}"
         )
     try:
-        _compile(pattern)
+        size = _compile(pattern).programsize
     except re2.error as exc:
         reason = exc.args[0].decode(errors="replace") if exc.args and isinstance(exc.args[0], bytes) else exc
         raise ParameterError(
             f"{TGI_PREFIX}the regex {pattern!r} in {where} is not accepted: {reason} "
-            "(regexes run on RE2: no backreferences, no lookaround)"
+            "(regexes run on RE2: no backreferences, no lookaround, bounded size)"
         ) from exc
+    if size > MAX_REGEX_PROGRAM:
+        raise ParameterError(
+            f"{TGI_PREFIX}the regex {pattern!r} in {where} is too complex: {size} RE2 instructions, "
+            f"at most {MAX_REGEX_PROGRAM} (large counted repetitions such as `{{1,500}}` cost most)"
+        )
     return pattern
 
 
@@ -148,6 +159,7 @@ class _Walk:
         self.where: dict[int, str] = {}
         self.has_pattern_properties = False
         self.has_unevaluated_properties = False
+        self.regexes: set[str] = set()
 
     def fail(self, problem: str) -> ParameterError:
         return ParameterError(f"{TGI_PREFIX}`{self.name}` JSON schema: {problem}")
@@ -185,11 +197,11 @@ class _Walk:
             if path and isinstance(value.get(key), str):
                 raise self.fail(f"`{key}` below the top level (at {at}) is not supported")
         if isinstance(value.get("pattern"), str):
-            checked_regex(value["pattern"], f"`{self.name}` at {at}/pattern")
+            self.regex(value["pattern"], f"{at}/pattern")
         if isinstance(value.get("patternProperties"), dict):
             self.has_pattern_properties = True
             for pattern in value["patternProperties"]:
-                checked_regex(pattern, f"`{self.name}` at {at}/patternProperties")
+                self.regex(pattern, f"{at}/patternProperties")
         if "unevaluatedProperties" in value:
             self.has_unevaluated_properties = True
         applied: list[dict[str, Any]] = []
@@ -205,6 +217,14 @@ class _Walk:
         if isinstance(value.get("dependentSchemas"), dict):
             applied.extend(s for s in value["dependentSchemas"].values() if isinstance(s, dict))
         return applied
+
+    def regex(self, pattern: str, at: str) -> None:
+        if pattern in self.regexes:
+            return
+        self.regexes.add(pattern)
+        if len(self.regexes) > MAX_REGEXES:
+            raise self.fail(f"more than {MAX_REGEXES} different regexes")
+        checked_regex(pattern, f"`{self.name}` at {at}")
 
     def target(self, ref: str, at: str) -> dict[str, Any]:
         """The object a local `$ref` points to; a 422 for any other reference."""
@@ -300,10 +320,19 @@ def _counted(keyword: Keyword) -> Keyword:
     return spend_then
 
 
+def _search(pattern: str, text: str) -> bool:
+    """An unanchored RE2 search, paid for from the check's budget by the length of `text`."""
+    budget = _STEPS.get()
+    budget[0] -= len(text) // _CHARS_PER_STEP
+    if budget[0] < 0:
+        raise _TooCostly
+    return _compile(pattern).search(text) is not None
+
+
 def _pattern(
     validator: Any, pattern: str, instance: Any, schema: dict[str, Any]
 ) -> Iterator[ValidationError]:
-    if validator.is_type(instance, "string") and _compile(pattern).search(instance) is None:
+    if validator.is_type(instance, "string") and not _search(pattern, instance):
         yield ValidationError(f"{_short(instance)} does not match {pattern!r}")
 
 
@@ -313,9 +342,8 @@ def _pattern_properties(
     if not validator.is_type(instance, "object"):
         return
     for pattern, subschema in patterns.items():
-        compiled = _compile(pattern)
         for key, child in instance.items():
-            if compiled.search(key) is not None:
+            if _search(pattern, key):
                 yield from validator.descend(child, subschema, path=key, schema_path=pattern)
 
 
@@ -325,12 +353,8 @@ def _additional_properties(
     if not validator.is_type(instance, "object"):
         return
     properties = schema.get("properties", {})
-    patterns = [_compile(p) for p in schema.get("patternProperties", {})]
-    extras = [
-        key
-        for key in instance
-        if key not in properties and not any(p.search(key) is not None for p in patterns)
-    ]
+    patterns = list(schema.get("patternProperties", {}))
+    extras = [key for key in instance if key not in properties and not any(_search(p, key) for p in patterns)]
     if validator.is_type(additional, "object"):
         for extra in extras:
             yield from validator.descend(instance[extra], additional, path=extra)
