@@ -6,7 +6,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     RUNTIME=docker \
     TGI_INF_HOST=0.0.0.0 \
-    TGI_INF_PORT=3000
+    TGI_INF_PORT=3000 \
+    TGI_INF_WORKERS=auto
 
 WORKDIR /app
 COPY pyproject.toml README.md ./
@@ -16,6 +17,8 @@ USER infernet
 
 EXPOSE 3000
 HEALTHCHECK --interval=30s --timeout=3s CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:3000/', timeout=2)"
-# A node's `command` (e.g. "--bind=0.0.0.0:3000 --workers=2") replaces CMD and is honoured.
+# One worker per CPU the container gets (TGI_INF_WORKERS=auto). A node's `command` (e.g.
+# "--bind=0.0.0.0:3000 --workers=2") replaces CMD and is honoured. On `docker stop` (SIGTERM) jobs in
+# flight get TGI_INF_SHUTDOWN_GRACE (default: the job deadline) to finish: give the stop timeout as much.
 ENTRYPOINT ["infernet-tgi"]
-CMD ["--host", "0.0.0.0", "--port", "3000", "--workers", "2"]
+CMD ["--host", "0.0.0.0", "--port", "3000"]

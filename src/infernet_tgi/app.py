@@ -1,9 +1,9 @@
 """The Quart app an Infernet node calls: `POST /service_output` and its neighbours.
 
-Use `create_app(settings)` and serve it with hypercorn (see `cli`). The app's lifespan opens the one
-pooled `httpx.AsyncClient` of the process and closes it at shutdown. Every failure leaves as the Ritual
-JSON error body with the real cause; every success is JSON, except stream jobs, which get raw UTF-8
-text chunks.
+Use `create_app(settings)` and serve it with uvicorn (see `server` and `worker`). The app's lifespan
+opens the one pooled `httpx.AsyncClient` of the process and closes it at shutdown. Every failure leaves
+as the Ritual JSON error body with the real cause; every success is JSON, except stream jobs, which
+get raw UTF-8 text chunks.
 """
 
 from __future__ import annotations
@@ -27,9 +27,11 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from . import __version__, jsontext, onchain
 from .config import Settings
+from .drain import Drain
 from .errors import (
     BadJobError,
     InfernetTGIError,
+    ShutdownError,
     UnauthorizedError,
     UpstreamError,
     UpstreamProtocolError,
@@ -47,6 +49,10 @@ from .workflow import TGIClientInferenceWorkflow
 log = logging.getLogger("infernet_tgi")
 
 JSON = "application/json"
+_UNFINISHED = (
+    "the container is shutting down and this job did not finish within the {:g} s grace period "
+    "(TGI_INF_SHUTDOWN_GRACE); send it again"
+)
 HEALTH = {"message": "Lightweight TGI Client Inference Service"}
 # Bodies above this, and any body that may carry a JSON schema or regex, are parsed and validated
 # in a worker thread: parsing is linear in the size (bounded by TGI_INF_MAX_BODY_BYTES), but a
@@ -70,13 +76,21 @@ class _Runtime:
 
 
 def create_app_from_env() -> Quart:
-    """The app for the environment of this process (hypercorn's worker processes call this)."""
+    """The app for the environment of this process (for ASGI servers that import a factory)."""
     return create_app(Settings.from_env(os.environ))
 
 
-def create_app(settings: Settings, *, sleep: Sleep | None = None, upstream: Upstream | None = None) -> Quart:
-    """A ready-to-serve app. `sleep` and `upstream` are for tests (retry waits, a fake backend)."""
+def create_app(
+    settings: Settings,
+    *,
+    sleep: Sleep | None = None,
+    upstream: Upstream | None = None,
+    drain: Drain | None = None,
+) -> Quart:
+    """A ready-to-serve app. `drain` is the worker's shutdown grace period (see `worker`); `sleep` and
+    `upstream` are for tests (retry waits, a fake backend)."""
     app = Quart("infernet_tgi")
+    drain = drain if drain is not None else Drain(settings.shutdown_grace)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     # OPTIONS gets the JSON 405 (with `Allow`) below instead of Quart's empty text/html 200.
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
@@ -165,9 +179,11 @@ def create_app(settings: Settings, *, sleep: Sleep | None = None, upstream: Upst
     async def _answer(job: Job) -> dict[str, Any]:
         deadline = time.monotonic() + settings.job_deadline
         try:
-            async with asyncio.timeout(settings.job_deadline):
+            async with drain.limit(settings.job_deadline):
                 generation = await workflow().generate(job.request, deadline=deadline)
         except TimeoutError as exc:
+            if drain.expired:
+                raise ShutdownError(_UNFINISHED.format(settings.shutdown_grace)) from exc
             raise UpstreamTimeoutError(
                 f"no answer within the container's {settings.job_deadline:g} s job deadline "
                 "(TGI_INF_JOB_DEADLINE; the node gives up at 180 s)"
@@ -193,13 +209,15 @@ def create_app(settings: Settings, *, sleep: Sleep | None = None, upstream: Upst
     async def _stream(job: Job) -> Response:
         deadline = time.monotonic() + settings.stream_deadline
         try:
-            async with asyncio.timeout(settings.stream_deadline):
+            async with drain.limit(settings.stream_deadline):
                 deltas = await workflow().open_stream(job.request, deadline=deadline)
         except TimeoutError as exc:
+            if drain.expired:
+                raise ShutdownError(_UNFINISHED.format(settings.shutdown_grace)) from exc
             raise UpstreamTimeoutError(
                 f"stream did not start within {settings.stream_deadline:g} s (TGI_INF_STREAM_DEADLINE)"
             ) from exc
-        text = _TextStream(deltas, deadline, on_close=metrics.in_flight.dec)
+        text = _TextStream(deltas, deadline, drain, on_close=metrics.in_flight.dec)
         response = Response(text, content_type="text/plain; charset=utf-8")
         response.timeout = None  # the stream deadline above is the limit, not Quart's 60 s
         return response
@@ -254,16 +272,22 @@ class _TextStream:
     """The body of a stream job: raw UTF-8 text as it arrives.
 
     After the first byte there is no error channel: a failure ends the stream (and is logged), as
-    does the stream deadline that keeps us under the node's 60 s cut. `aclose` (called by Quart when
+    do the stream deadline that keeps us under the node's 60 s cut and the end of the shutdown grace
+    period (the body then ends cleanly, never cut mid-chunk). `aclose` (called by Quart when
     the response ends, also when the client went away) closes the upstream stream, so the upstream
     cancels the generation, even if iteration never started.
     """
 
     def __init__(
-        self, deltas: AsyncIterator[StreamDelta], deadline: float, on_close: Callable[[], None]
+        self,
+        deltas: AsyncIterator[StreamDelta],
+        deadline: float,
+        drain: Drain,
+        on_close: Callable[[], None],
     ) -> None:
         self._deltas = deltas
         self._deadline = deadline
+        self._drain = drain
         self._on_close: Callable[[], None] | None = on_close
 
     def __aiter__(self) -> _TextStream:
@@ -275,9 +299,13 @@ class _TextStream:
             try:
                 if remaining <= 0:
                     raise TimeoutError
-                delta = await asyncio.wait_for(anext(self._deltas), remaining)
+                async with self._drain.limit(remaining):
+                    delta = await anext(self._deltas)
             except TimeoutError:
-                log.warning("stream stopped at the stream deadline")
+                if self._drain.expired:
+                    log.warning("stream ended: the container is shutting down (grace period over)")
+                else:
+                    log.warning("stream stopped at the stream deadline")
                 raise StopAsyncIteration from None
             except UpstreamError as exc:
                 log.warning("stream ended early: %s", exc.description)

@@ -1,101 +1,119 @@
-"""`infernet-tgi`: serve the container under hypercorn.
+"""`infernet-tgi`: the container's command line.
 
-Use it as the container's entry point (`infernet-tgi --host 0.0.0.0 --port 3000`) or locally. It reads
-the environment once; a malformed setting exits with status 2 and a message naming the variable.
+Use it as the image's entry point (`infernet-tgi --host 0.0.0.0 --port 3000`), with a node's `command`
+(`--bind=0.0.0.0:3000 --workers=2`, hypercorn's spelling, still honoured), or locally. `parse` turns the
+arguments and the environment into the one frozen `Settings`; any bad value, flag or environment
+variable, exits with status 2 and one line naming it, before anything starts.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
-import logging
+import ipaddress
 import os
-import signal
 import sys
-from collections.abc import Callable
-
-from hypercorn.asyncio import serve
-from hypercorn.config import Config
-from hypercorn.run import run as hypercorn_run
+from collections.abc import Mapping
+from typing import NoReturn
 
 from . import __version__
-from .app import create_app
-from .config import Settings
+from .config import Settings, port_number, worker_count
 from .errors import ConfigError
-from .upstream.http import redact
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is a `ConfigError` (one line, exit 2 from `main`)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(f"command line: {message}")
+
+
+def parser() -> argparse.ArgumentParser:
+    """The argument parser (also used by the tests to check the node's command form)."""
+    cli = _Parser(
         prog="infernet-tgi",
         description="Infernet LLM inference container (TGI / OpenAI-compatible upstreams).",
         epilog="Upstream and limits are set by TGI_INF_* environment variables (see README).",
     )
-    parser.add_argument("--host", help="bind address (default TGI_INF_HOST or 127.0.0.1)")
-    parser.add_argument("--port", type=int, help="bind port (default TGI_INF_PORT or 3000)")
-    parser.add_argument("--bind", help="host:port, as hypercorn spells it (overrides --host/--port)")
-    parser.add_argument(
-        "--workers", type=int, default=1, help="worker processes, each with its own upstream pool (1)"
+    cli.add_argument("--host", help="bind address (default TGI_INF_HOST or 127.0.0.1)")
+    cli.add_argument("--port", help="bind port, 0 for any free one (default TGI_INF_PORT or 3000)")
+    cli.add_argument(
+        "--bind", help="HOST:PORT or [IPv6]:PORT, as hypercorn spells it (overrides --host/--port)"
     )
-    parser.add_argument("--version", action="version", version=f"infernet-tgi {__version__}")
-    args = parser.parse_args(argv)
+    cli.add_argument(
+        "--workers",
+        help="worker processes, each with its own upstream pool; a number or `auto` for one per usable "
+        "CPU (default TGI_INF_WORKERS or 1)",
+    )
+    cli.add_argument("--backlog", help="listen queue of each worker (default TGI_INF_BACKLOG or 4096)")
+    cli.add_argument("--version", action="version", version=f"infernet-tgi {__version__}")
+    return cli
 
+
+def parse(argv: list[str], env: Mapping[str, str]) -> Settings:
+    """The settings for these arguments and this environment; `ConfigError` naming what is wrong."""
+    args = parser().parse_args(argv)
+    settings = Settings.from_env(env)
+    changes: dict[str, object] = {}
+    if args.bind is not None:
+        changes["host"], changes["port"] = parse_bind(args.bind)
+    else:
+        if args.host is not None:
+            changes["host"] = _host(args.host, "--host")
+        if args.port is not None:
+            changes["port"] = port_number(args.port, "--port")
+    if args.workers is not None:
+        changes["workers"] = worker_count(args.workers, "--workers")
+    if args.backlog is not None:
+        changes["backlog"] = _backlog(args.backlog)
+    return dataclasses.replace(settings, **changes)  # type: ignore[arg-type]
+
+
+def parse_bind(text: str) -> tuple[str, int]:
+    """`HOST:PORT` or `[IPv6]:PORT` (hypercorn's `--bind`) as (host, port); IPv6 hosts unbracketed."""
+    raw = text.strip()
+    if raw.startswith("["):
+        host, sep, rest = raw[1:].partition("]")
+        if not sep or not rest.startswith(":"):
+            raise ConfigError(f"--bind: expected [IPv6]:PORT, got {text!r}")
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError as exc:
+            raise ConfigError(f"--bind: {host!r} is not an IPv6 address") from exc
+        return host, port_number(rest[1:], "--bind")
+    host, sep, port = raw.rpartition(":")
+    if not sep or not host or ":" in host:
+        raise ConfigError(f"--bind: expected HOST:PORT or [IPv6]:PORT, got {text!r}")
+    return _host(host, "--bind"), port_number(port, "--bind")
+
+
+def _host(text: str, name: str) -> str:
+    host = text.strip().strip("[]") if text.strip().startswith("[") else text.strip()
+    if not host or any(c.isspace() or c in "/@?#" for c in host):
+        raise ConfigError(f"{name}: {text!r} is not a host name or address")
+    return host
+
+
+def _backlog(text: str) -> int:
     try:
-        settings = Settings.from_env(os.environ)
+        value = int(text)
+    except ValueError as exc:
+        raise ConfigError(f"--backlog: expected a positive integer, got {text!r}") from exc
+    if value < 1:
+        raise ConfigError(f"--backlog: must be positive, got {value}")
+    return value
+
+
+def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    """Run the container with these arguments and this environment (the process's by default); the
+    exit status (2 for any configuration error)."""
+    try:
+        settings = parse(sys.argv[1:] if argv is None else argv, os.environ if env is None else env)
+        from .logs import configure
+        from .server import serve
+
+        configure(settings.log_level)
+        return serve(settings)
     except ConfigError as exc:
         print(f"infernet-tgi: configuration error: {exc}", file=sys.stderr)
         return 2
-    host, port = settings.host, settings.port
-    if args.bind:
-        host, _, raw_port = args.bind.rpartition(":")
-        port = int(raw_port)
-    host = args.host or host
-    port = args.port or port
-    settings = dataclasses.replace(settings, host=host, port=port)
-
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config = Config()
-    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
-    config.accesslog = None
-    config.errorlog = logging.getLogger("hypercorn.error")
-    config.keep_alive_timeout = 75
-    config.graceful_timeout = 5
-    logging.getLogger("infernet_tgi").info(
-        "infernet-tgi %s on http://%s:%d -> %s at %s (%d worker%s)",
-        __version__,
-        host,
-        port,
-        settings.upstream_kind,  # where jobs really go: TGI_INF_UPSTREAM_URLS / RUNPOD_ENDPOINT win
-        ", ".join(redact(url) for url in settings.urls),
-        args.workers,
-        "" if args.workers == 1 else "s",
-    )
-    loop_factory = _loop_factory()
-    if args.workers > 1:
-        # Each spawned worker reads the (already validated) environment once, in its own process.
-        config.application_path = "infernet_tgi.app:create_app_from_env()"
-        config.workers = args.workers
-        config.worker_class = "asyncio" if loop_factory is None else "uvloop"
-        return hypercorn_run(config)
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(_serve(settings, config))
-    return 0
-
-
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop when installed: a faster event loop for the same code."""
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
-
-
-async def _serve(settings: Settings, config: Config) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await serve(create_app(settings), config, shutdown_trigger=stop.wait)

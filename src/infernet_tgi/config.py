@@ -14,6 +14,8 @@ Unlike the reference, a malformed value stops startup with a `ConfigError` namin
 from __future__ import annotations
 
 import json
+import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,12 +26,14 @@ from pydantic import ValidationError
 from .chat import ChatTemplate
 from .errors import ConfigError
 from .protocol import GenerationParameters
+from .redaction import redact
 from .retry import RetryParams
 
 POSITIONAL = "TGI_INF_WORKFLOW_POSITIONAL_ARGS"
 KEYWORDS = "TGI_INF_WORKFLOW_KW_ARGS"
 _CONSTRUCTOR_KEYS = ("server_url", "timeout", "headers", "cookies")
 KINDS = ("tgi", "openai", "runpod", "vast", "datacrunch")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 RUNPOD_API = "https://api.runpod.ai/v2/"
 VAST_ROUTER = "https://run.vast.ai"
 
@@ -55,6 +59,9 @@ class Settings:
     max_connections: int = 1024
     host: str = "127.0.0.1"
     port: int = 3000
+    workers: int = 1
+    backlog: int = 4096
+    shutdown_grace: float = 170.0
     log_level: str = "INFO"
     prompt_as_chat: bool = False
     upstream_kind: str = "tgi"
@@ -109,10 +116,10 @@ class Settings:
             "cookies": _str_map(constructor.get("cookies") or {}, "cookies"),
             "retry": retry,
             "defaults": defaults,
-            "token": env.get("TGI_INF_TOKEN") or None,
-            "bearer": env.get("TGI_INF_BEARER") or None,
-            "host": env.get("TGI_INF_HOST", cls.host),
-            "log_level": env.get("TGI_INF_LOG_LEVEL", cls.log_level).upper(),
+            "token": _secret(env, "TGI_INF_TOKEN"),
+            "bearer": _secret(env, "TGI_INF_BEARER"),
+            "host": env.get("TGI_INF_HOST", cls.host).strip() or cls.host,
+            "log_level": _log_level(env),
             "prompt_as_chat": _flag(env, "TGI_INF_PROMPT_AS_CHAT"),
         }
         for name, attr in (
@@ -121,18 +128,29 @@ class Settings:
             ("TGI_INF_MAX_PROMPT_CHARS", "max_prompt_chars"),
             ("TGI_INF_MAX_BODY_BYTES", "max_body_bytes"),
             ("TGI_INF_MAX_CONNECTIONS", "max_connections"),
-            ("TGI_INF_PORT", "port"),
+            ("TGI_INF_BACKLOG", "backlog"),
         ):
             if name in env:
                 values[attr] = _int(env[name], name)
+        if "TGI_INF_PORT" in env:
+            values["port"] = port_number(env["TGI_INF_PORT"], "TGI_INF_PORT")
+        if env.get("TGI_INF_WORKERS", "").strip():
+            values["workers"] = worker_count(env["TGI_INF_WORKERS"], "TGI_INF_WORKERS")
         for name, attr in (
             ("TGI_INF_JOB_DEADLINE", "job_deadline"),
             ("TGI_INF_STREAM_DEADLINE", "stream_deadline"),
+            ("TGI_INF_SHUTDOWN_GRACE", "shutdown_grace"),
         ):
             if name in env:
                 values[attr] = _positive(_number(env[name], name), name)
+        values.setdefault("shutdown_grace", values.get("job_deadline", cls.job_deadline))
         values.update(_upstream(env))
         settings = cls(**values)
+        if settings.default_max_new_tokens > settings.max_new_tokens_limit:
+            raise ConfigError(
+                f"TGI_INF_DEFAULT_MAX_NEW_TOKENS: {settings.default_max_new_tokens} is above "
+                f"TGI_INF_MAX_NEW_TOKENS ({settings.max_new_tokens_limit}), so every job would be refused"
+            )
         ceiling = settings.max_new_tokens_limit
         if defaults.max_new_tokens is not None and defaults.max_new_tokens > ceiling:
             raise ConfigError(
@@ -147,7 +165,7 @@ def _upstream(env: Mapping[str, str]) -> dict[str, Any]:
     kind = _choice(env, "TGI_INF_UPSTREAM_KIND", KINDS)
     values: dict[str, Any] = {
         "upstream_kind": kind,
-        "api_key": env.get("TGI_INF_API_KEY") or None,
+        "api_key": _secret(env, "TGI_INF_API_KEY"),
         "model": env.get("TGI_INF_MODEL") or None,
         "openai_flavor": _choice(env, "TGI_INF_OPENAI_FLAVOR", ("auto", "vllm", "tgi")),
         "vllm_structured": _choice(env, "TGI_INF_VLLM_STRUCTURED", ("auto", "structured_outputs", "guided")),
@@ -160,9 +178,7 @@ def _upstream(env: Mapping[str, str]) -> dict[str, Any]:
     if not urls and kind == "vast":
         urls = [VAST_ROUTER]
     for url in urls:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigError(f"TGI_INF_UPSTREAM_URLS: {url!r} is not an http(s) URL")
+        _check_url(url, "TGI_INF_UPSTREAM_URLS")
     values["upstream_urls"] = tuple(u.rstrip("/") for u in urls)
     if env.get("TGI_INF_CHAT_TEMPLATE", "").strip():
         values["chat_template"] = ChatTemplate.load(env["TGI_INF_CHAT_TEMPLATE"])
@@ -234,10 +250,23 @@ def _retry(value: Any) -> RetryParams:
 
 
 def _url(value: Any) -> str:
-    parts = urlsplit(value) if isinstance(value, str) else None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+    if not isinstance(value, str):
         raise ConfigError(f"{POSITIONAL}: server_url must be an http(s) URL, got {value!r}")
-    return str(value).rstrip("/")
+    _check_url(value, f"{POSITIONAL} server_url")
+    return value.rstrip("/")
+
+
+def _check_url(url: str, name: str) -> None:
+    """An http(s) URL with a host and, if given, a port in 1-65535 (checked now, not at the first job)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{name} must be an http(s) URL, got {redact(url)!r}")
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {redact(url)!r} has a port outside 1-65535") from exc
+    if port == 0:
+        raise ConfigError(f"{name}: {redact(url)!r} has a port outside 1-65535")
 
 
 def _str_map(value: Any, what: str) -> dict[str, str]:
@@ -245,7 +274,72 @@ def _str_map(value: Any, what: str) -> dict[str, str]:
         isinstance(k, str) and isinstance(v, str) for k, v in value.items()
     ):
         raise ConfigError(f"{POSITIONAL}/{KEYWORDS}: {what} must be an object of strings")
+    for key, item in value.items():
+        if _unsendable(key) or _unsendable(item):
+            raise ConfigError(
+                f"{POSITIONAL}/{KEYWORDS}: {what} `{key.strip()}` contains a line break or control "
+                "character (not allowed in an HTTP header)"
+            )
     return dict(value)
+
+
+def _unsendable(text: str) -> bool:
+    """True when `text` cannot go into an HTTP header value: control characters or non-Latin-1."""
+    return any(ord(c) < 0x20 and c != "\t" or ord(c) == 0x7F or ord(c) > 0xFF for c in text)
+
+
+def _secret(env: Mapping[str, str], name: str) -> str | None:
+    """A token sent in a header; refused now if it cannot be sent (it would fail every job later)."""
+    value = env.get(name) or None
+    if value is not None and _unsendable(value):
+        raise ConfigError(f"{name}: contains a line break or control character (not allowed in a header)")
+    return value
+
+
+def _log_level(env: Mapping[str, str]) -> str:
+    raw = env.get("TGI_INF_LOG_LEVEL", "").strip().upper() or "INFO"
+    if raw not in LOG_LEVELS:
+        raise ConfigError(
+            f"TGI_INF_LOG_LEVEL: expected one of {', '.join(LOG_LEVELS)}, got {env['TGI_INF_LOG_LEVEL']!r}"
+        )
+    return raw
+
+
+def port_number(raw: str | int, name: str) -> int:
+    """A TCP port, 0-65535 (0 asks the OS for a free one)."""
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name}: expected an integer, got {raw!r}") from exc
+    if not 0 <= value <= 65535:
+        raise ConfigError(f"{name}: port must be in 0-65535, got {value}")
+    return value
+
+
+def worker_count(raw: str | int, name: str) -> int:
+    """A positive number of worker processes, or `auto`: as many as the CPUs this process may use."""
+    if isinstance(raw, str) and raw.strip().lower() == "auto":
+        return usable_cpus()
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name}: expected a positive integer or auto, got {raw!r}") from exc
+    if value < 1:
+        raise ConfigError(f"{name}: at least 1 worker is needed, got {value}")
+    return value
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on: its affinity, lowered by a cgroup CPU quota (`docker --cpus`)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as limits:  # cgroup v2: "<quota> <period>" or "max <period>"
+            quota, period = limits.read().split()[:2]
+    except (OSError, ValueError):
+        return max(1, cpus)
+    if quota != "max" and int(period) > 0:
+        cpus = min(cpus, math.ceil(int(quota) / int(period)))
+    return max(1, cpus)
 
 
 def _flag(env: Mapping[str, str], name: str) -> bool:

@@ -10,6 +10,7 @@
     │   ├── PayloadTooLargeError      413 the body or the prompt is over the operator's limit
     │   └── ParameterError            422 a generation parameter breaks TGI's rules (TGI's message)
     ├── ConstraintViolationError      502 the answer breaks the job's response_pool/json_format/grammar
+    ├── ShutdownError                 503 the container stopped before the job finished (grace period over)
     └── UpstreamError                 the backend failed; `retryable` says whether to try again
         ├── UpstreamValidationError   422 the backend rejected the request (its message kept)
         ├── UpstreamGenerationError   424 the backend failed while generating
@@ -93,6 +94,12 @@ class ConstraintViolationError(InfernetTGIError):
     json_format/grammar: the upstream ignored the constraint, or the answer was cut short."""
 
     status = 502
+
+
+class ShutdownError(InfernetTGIError):
+    """Raised when the container is stopping and a job did not finish within the grace period."""
+
+    status = 503
 
 
 class UpstreamError(InfernetTGIError):

@@ -1,13 +1,21 @@
-"""Prometheus metrics of one container process.
+"""Prometheus metrics of the container, summed over its worker processes.
 
 Use one `Metrics` per app (created in the app factory, never a module global) and render it on
-`GET /metrics`.
+`GET /metrics`. With several workers the launcher sets `PROMETHEUS_MULTIPROC_DIR` (a fresh directory
+per container start) before any worker imports prometheus_client; every worker then writes its values
+there and one scrape of any worker shows the whole container: counters and histograms summed,
+jobs in flight summed over live workers, pool members down the most any live worker sees.
 """
 
 from __future__ import annotations
 
+import os
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.multiprocess import MultiProcessCollector
+
+MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
 _SOURCES = {0: "onchain", 1: "offchain"}
 _DESTINATIONS = {0: "onchain", 1: "offchain", 2: "stream"}
@@ -41,7 +49,10 @@ class Metrics:
             registry=self.registry,
         )
         self.in_flight = Gauge(
-            "infernet_tgi_jobs_in_flight", "Jobs being processed now.", registry=self.registry
+            "infernet_tgi_jobs_in_flight",
+            "Jobs being processed now.",
+            registry=self.registry,
+            multiprocess_mode="livesum",
         )
         self.failovers = Counter(
             "infernet_tgi_upstream_failovers",
@@ -53,7 +64,13 @@ class Metrics:
             "infernet_tgi_upstreams_down",
             "Pool members marked down and waiting for their health check to pass.",
             registry=self.registry,
+            multiprocess_mode="livemax",  # each worker checks the same members: the worst view counts
         )
+        directory = os.environ.get(MULTIPROC_DIR)
+        self._scrape = self.registry
+        if directory:
+            self._scrape = CollectorRegistry()
+            MultiProcessCollector(self._scrape, path=directory)  # type: ignore[no-untyped-call]
 
     def job_done(self, source: int | None, destination: int | None, outcome: str) -> None:
         self.jobs.labels(
@@ -63,4 +80,5 @@ class Metrics:
         ).inc()
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        """The text exposition: of every worker of the container when there are several."""
+        return generate_latest(self._scrape)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 from http import HTTPStatus
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
@@ -24,6 +23,7 @@ from ..errors import (
     UpstreamUnavailableError,
     UpstreamValidationError,
 )
+from ..redaction import redact as redact  # re-exported: the upstream modules import it from here
 
 _BY_TYPE: dict[str, type[UpstreamError]] = {
     "validation": UpstreamValidationError,
@@ -58,16 +58,6 @@ _DESCRIBE: dict[type[UpstreamError], str] = {
     UpstreamTimeoutError: "upstream timed out",
     UpstreamProtocolError: "upstream error",
 }
-
-
-def redact(url: str) -> str:
-    """The URL without user:password, for messages and logs."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def transport_error(exc: httpx.HTTPError, url: str) -> UpstreamError:
