@@ -178,7 +178,10 @@ def _upstream(env: Mapping[str, str]) -> dict[str, Any]:
     if not urls and kind == "vast":
         urls = [VAST_ROUTER]
     for url in urls:
-        _check_url(url, "TGI_INF_UPSTREAM_URLS")
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"TGI_INF_UPSTREAM_URLS: {redact(url)!r} is not an http(s) URL")
+        _check_port(url, "TGI_INF_UPSTREAM_URLS")
     values["upstream_urls"] = tuple(u.rstrip("/") for u in urls)
     if env.get("TGI_INF_CHAT_TEMPLATE", "").strip():
         values["chat_template"] = ChatTemplate.load(env["TGI_INF_CHAT_TEMPLATE"])
@@ -250,19 +253,18 @@ def _retry(value: Any) -> RetryParams:
 
 
 def _url(value: Any) -> str:
-    if not isinstance(value, str):
-        raise ConfigError(f"{POSITIONAL}: server_url must be an http(s) URL, got {value!r}")
-    _check_url(value, f"{POSITIONAL} server_url")
-    return value.rstrip("/")
+    parts = urlsplit(value) if isinstance(value, str) else None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        shown = redact(value) if isinstance(value, str) else value
+        raise ConfigError(f"{POSITIONAL}: server_url must be an http(s) URL, got {shown!r}")
+    _check_port(value, f"{POSITIONAL} server_url")
+    return str(value).rstrip("/")
 
 
-def _check_url(url: str, name: str) -> None:
-    """An http(s) URL with a host and, if given, a port in 1-65535 (checked now, not at the first job)."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"{name} must be an http(s) URL, got {redact(url)!r}")
+def _check_port(url: str, name: str) -> None:
+    """A port, if the URL gives one, in 1-65535: checked now, not at the first job."""
     try:
-        port = parts.port
+        port = urlsplit(url).port
     except ValueError as exc:
         raise ConfigError(f"{name}: {redact(url)!r} has a port outside 1-65535") from exc
     if port == 0:
