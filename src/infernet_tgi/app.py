@@ -26,6 +26,7 @@ from quart import Quart, Response, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from . import __version__, jsontext, onchain
+from .attestation import Notary
 from .config import Settings
 from .drain import Drain
 from .errors import (
@@ -73,6 +74,7 @@ class _Runtime:
     # One thread: parsing hostile bodies in parallel threads would take the GIL from the event loop
     # in turn (each for the interpreter's 5 ms switch interval), slowing every other request.
     parsing: ThreadPoolExecutor | None = None
+    notary: Notary | None = None  # set when TGI_INF_ATTESTATION_KEY is
 
 
 def create_app_from_env() -> Quart:
@@ -118,10 +120,12 @@ def create_app(
         await workflow.setup()
         parsing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="job-parse")
         runtime.client, runtime.workflow, runtime.parsing = client, workflow, parsing
+        if settings.attester is not None:
+            runtime.notary = Notary(settings.attester, settings.model, workflow.upstream.info)
         try:
             yield
         finally:
-            runtime.client = runtime.workflow = runtime.parsing = None
+            runtime.client = runtime.workflow = runtime.parsing = runtime.notary = None
             parsing.shutdown(wait=False, cancel_futures=True)
             close = getattr(workflow.upstream, "aclose", None)
             if close is not None:
@@ -193,18 +197,27 @@ def create_app(
                 f"the answer from {workflow().upstream.url} holds a lone UTF-16 surrogate, "
                 "which cannot be encoded as UTF-8 (nor ABI-encoded); the upstream sent broken text"
             )
+        signed = runtime.notary is not None and (job.onchain_output or job.requires_proof)
+        raw_output = onchain.encode_text(generation.text) if job.onchain_output or signed else ""
         if job.onchain_output:
-            return OnchainResult(
-                raw_input=job.raw_input, raw_output=onchain.encode_text(generation.text)
+            result = OnchainResult(raw_input=job.raw_input, raw_output=raw_output).model_dump()
+        else:
+            result = OffchainResult(
+                output=generation.text,
+                finish_reason=generation.finish_reason,
+                usage=Usage(
+                    prompt_tokens=generation.prompt_tokens,
+                    completion_tokens=generation.completion_tokens,
+                ),
             ).model_dump()
-        return OffchainResult(
-            output=generation.text,
-            finish_reason=generation.finish_reason,
-            usage=Usage(
-                prompt_tokens=generation.prompt_tokens,
-                completion_tokens=generation.completion_tokens,
-            ),
-        ).model_dump()
+        notary = runtime.notary
+        if signed and notary is not None:
+            # Every on-chain answer is signed; off-chain ones when asked (parse_job refuses those
+            # without a key). raw_input is what the consumer receives, so it can recompute the hashes.
+            result["proof"] = await notary.proof(bytes.fromhex(job.raw_input), bytes.fromhex(raw_output))
+            if not job.onchain_output:
+                result["attester"] = notary.attester.address
+        return result
 
     async def _stream(job: Job) -> Response:
         deadline = time.monotonic() + settings.stream_deadline
@@ -228,7 +241,10 @@ def create_app(
         wanted = request.args.get("model_id")
         if wanted is not None:
             return _json({"supported": model_id is not None and wanted == model_id})
-        return _json(_resources(model_id, engine_version, engine))
+        resources = _resources(model_id, engine_version, engine)
+        if settings.attester is not None:
+            resources["attestation"] = settings.attester.describe()
+        return _json(resources)
 
     @app.get("/metrics")
     async def metrics_route() -> Response:

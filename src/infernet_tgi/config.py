@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 
+from .attestation import Attester
 from .chat import ChatTemplate
 from .errors import ConfigError
 from .protocol import GenerationParameters
@@ -75,6 +76,7 @@ class Settings:
     vast_cost: float | None = None
     poll_interval: float = 0.5
     health_interval: float = 5.0
+    attester: Attester | None = None  # TGI_INF_ATTESTATION_KEY / _CHAIN_ID (see attestation.py)
 
     @property
     def urls(self) -> tuple[str, ...]:
@@ -145,6 +147,7 @@ class Settings:
                 values[attr] = _positive(_number(env[name], name), name)
         values.setdefault("shutdown_grace", values.get("job_deadline", cls.job_deadline))
         values.update(_upstream(env))
+        values["attester"] = Attester.from_env(env)
         settings = cls(**values)
         if settings.default_max_new_tokens > settings.max_new_tokens_limit:
             raise ConfigError(

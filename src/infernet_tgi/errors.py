@@ -5,7 +5,7 @@
     ├── JobError                      the job itself is wrong; never retried
     │   ├── BadJobError               400 the body is not an Infernet job / data has the wrong shape
     │   ├── InputDecodeError          400 on-chain hex or ABI bytes are not a valid encoding
-    │   ├── ProofNotSupportedError    400 requires_proof is true
+    │   ├── ProofNotSupportedError    400 requires_proof without an attestation key, or on a stream
     │   ├── UnauthorizedError         401 the bearer token is missing or wrong
     │   ├── PayloadTooLargeError      413 the body or the prompt is over the operator's limit
     │   └── ParameterError            422 a generation parameter breaks TGI's rules (TGI's message)
@@ -68,7 +68,7 @@ class InputDecodeError(JobError):
 
 
 class ProofNotSupportedError(JobError):
-    """Raised when a job asks for a proof: this container does not generate proofs."""
+    """Raised when a job asks for a proof the container cannot give (no key, or a stream job)."""
 
 
 class UnauthorizedError(JobError):

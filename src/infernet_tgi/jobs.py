@@ -33,6 +33,16 @@ from .protocol import (
 )
 from .upstream.base import GenerationRequest
 
+# Ritual's reference words lead (its test suite looks for them); the rest says what to change.
+_NO_PROOF = (
+    "Proofs are not supported for TGI Client Inference Service without an attestation key "
+    "(TGI_INF_ATTESTATION_KEY): set requires_proof to false, or sign results with a key"
+)
+_NO_PROOF_STREAM = (
+    "Proofs are not supported for TGI Client Inference Service on stream jobs: a stream has no "
+    "place for a proof (ask off-chain with destination 1 instead)"
+)
+
 
 @dataclass(frozen=True)
 class Job:
@@ -41,7 +51,9 @@ class Job:
     source: int
     destination: int
     request: GenerationRequest
-    raw_input: str  # the on-chain hex as received, abi.encode(prompt) if delegated, else ""
+    # the on-chain hex as received; abi.encode(prompt) if delegated or a proof is wanted; else ""
+    raw_input: str
+    requires_proof: bool = False
 
     @property
     def streaming(self) -> bool:
@@ -60,11 +72,9 @@ def parse_job(body: Any, settings: Settings) -> Job:
         job = InfernetInput.model_validate(body)
     except ValidationError as exc:
         raise BadJobError(f"not an Infernet job: {_describe(exc)}") from exc
-    if job.requires_proof:
-        raise ProofNotSupportedError(
-            "proofs are not supported: this container does not generate proofs "
-            "(set requires_proof to false, or use a container with generates_proofs)"
-        )
+    requires_proof = bool(job.requires_proof)
+    if requires_proof and (settings.attester is None or job.destination == STREAM):
+        raise ProofNotSupportedError(_NO_PROOF_STREAM if settings.attester else _NO_PROOF)
     if job.source == ONCHAIN:
         if not isinstance(job.data, str):
             raise BadJobError("on-chain job data must be a hex string, got an object")
@@ -78,7 +88,8 @@ def parse_job(body: Any, settings: Settings) -> Job:
         # A delegated subscription (off-chain data, on-chain answer) gets its prompt ABI-encoded as
         # raw_input, so the consumer can tell which question an answer belongs to (a chat: its JSON).
         asked = prompt if messages is None else json.dumps(messages, ensure_ascii=False)
-        raw_input = onchain.encode_text(asked) if job.destination == ONCHAIN else ""
+        # The same bytes are what an attestation signs for an off-chain question (attestation.py).
+        raw_input = onchain.encode_text(asked) if job.destination == ONCHAIN or requires_proof else ""
     if messages is None and settings.prompt_as_chat:
         # An instruct model answers a bare prompt poorly; as one user turn its chat template applies.
         messages = [{"role": "user", "content": prompt}]
@@ -106,6 +117,7 @@ def parse_job(body: Any, settings: Settings) -> Job:
             constraint=constraint,
         ),
         raw_input=raw_input,
+        requires_proof=requires_proof,
     )
 
 
