@@ -130,7 +130,7 @@ async def test_requires_proof_is_a_clear_400(client: Client, fake: FakeTGI, sour
     )
     assert status == 400
     assert result["code"] == "400" and result["name"] == "Bad Request"
-    assert "proofs are not supported" in result["description"]
+    assert "Proofs are not supported for TGI Client Inference Service" in result["description"]
     assert fake.requests == []
 
 
