@@ -35,7 +35,10 @@ COMPILER = ROOT / "scripts" / "compile_contracts.js"
 CONTAINER_ID = "tgi_client_inference_service"
 ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"
 # Contracts whose custom errors are decoded when a transaction reverts.
-_ERROR_SOURCES = ("LLMPrompter", "RecurringPrompter", "TestCoordinator")
+_ERROR_SOURCES = (
+    "LLMPrompter", "RecurringPrompter", "TestCoordinator", "AttestedLLMPrompter", "LLMAttestationVerifier",
+    "TestWallet",
+)
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
 _KEY = re.compile(r"(0x)?[0-9a-fA-F]{64}")
 

@@ -106,11 +106,11 @@ def prompt_subscription(stack: Stack, sender: LocalAccount, prompt: str, redunda
 
 
 def start_container(
-    upstream: str, log: Path, extra_kw: dict[str, Any] | None = None
+    upstream: str, log: Path, extra_kw: dict[str, Any] | None = None, extra_env: dict[str, str] | None = None
 ) -> tuple[subprocess.Popen[bytes], str]:
     """Start the real container against `upstream`; returns (process, base URL)."""
     port = free_port()
-    env = dict(os.environ)
+    env = {**os.environ, **(extra_env or {})}
     env["TGI_INF_WORKFLOW_POSITIONAL_ARGS"] = json.dumps([upstream, 30])
     kw: dict[str, Any] = {"max_new_tokens": 16, "do_sample": False, **(extra_kw or {})}
     env["TGI_INF_WORKFLOW_KW_ARGS"] = json.dumps(kw)
