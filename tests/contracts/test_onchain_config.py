@@ -15,6 +15,8 @@ import jsonschema
 import pytest
 import yaml
 
+from infernet_tgi.config import Settings
+
 ROOT = Path(__file__).resolve().parents[2]
 ADDRESS = {"type": "string", "pattern": "^0x[0-9a-fA-F]{40}$"}
 STR_LIST = {"type": "array", "items": {"type": "string"}}
@@ -164,13 +166,16 @@ def test_our_container_entry(config: dict[str, Any]) -> None:
     (entry,) = [c for c in config["containers"] if c["id"] == "tgi_client_inference_service"]
     assert int(entry["port"]) == 3000
     assert entry["external"] is True
-    assert entry["generates_proofs"] is False  # the container refuses requires_proof
+    assert entry["generates_proofs"] is True  # requires_proof jobs are signed when a key is given
     for key in ("allowed_ips", "allowed_addresses", "allowed_delegate_addresses"):
         assert entry[key] == []
     env = entry["env"]
     assert set(env) == {
-        "TGI_INF_TOKEN", "TGI_INF_WORKFLOW_POSITIONAL_ARGS", "TGI_INF_WORKFLOW_KW_ARGS"
+        "TGI_INF_TOKEN", "TGI_INF_WORKFLOW_POSITIONAL_ARGS", "TGI_INF_WORKFLOW_KW_ARGS",
+        "TGI_INF_ATTESTATION_KEY", "TGI_INF_ATTESTATION_CHAIN_ID",
     }
+    # Empty = no key: the sample starts (and refuses proof jobs with a 400) until the operator adds one.
+    assert Settings.from_env(env).attester is None
     positional = json.loads(env["TGI_INF_WORKFLOW_POSITIONAL_ARGS"])
     assert isinstance(positional[0], str) and positional[0].startswith("http")
     assert isinstance(positional[1], int | float)
