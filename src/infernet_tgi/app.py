@@ -15,6 +15,7 @@ import logging
 import os
 import platform
 import shutil
+import sys
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -59,6 +60,7 @@ HEALTH = {"message": "Lightweight TGI Client Inference Service"}
 # in a worker thread: parsing is linear in the size (bounded by TGI_INF_MAX_BODY_BYTES), but a
 # megabyte of brackets takes ~0.2 s of CPU, and checking a schema of a few thousand values ~1 s.
 INLINE_PARSE_BYTES = 16 * 1024
+SWITCH_INTERVAL = 0.001  # seconds; see the lifespan
 # Words whose presence sends a body to the worker thread, as text and as on-chain hex.
 _CONSTRAINT_WORDS = tuple(
     form for word in (b"json_format", b"grammar") for form in (word, word.hex().encode())
@@ -101,6 +103,10 @@ def create_app(
 
     @app.while_serving
     async def lifespan() -> AsyncGenerator[None, None]:
+        # The event loop shares the GIL with the job-parse and answer-check threads; a busy thread
+        # keeps it for the whole switch interval each time the loop wakes up. 1 ms instead of
+        # CPython's 5 ms keeps `GET /` and light jobs fast while hostile schemas are checked.
+        sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
         client = PooledClient(
             headers=settings.upstream_headers(),
             cookies=settings.cookies,
