@@ -126,7 +126,7 @@ def answer_schema_error(schema: dict[str, Any], value: Any) -> str | None:
             f"{TGI_PREFIX}checking the answer against the job's JSON schema takes more than "
             f"{MAX_CHECK_STEPS} steps; simplify the schema"
         ) from exc
-    except (Unresolvable, RecursionError) as exc:  # unreachable after checked_schema; kept as the boundary
+    except (Unresolvable, RecursionError) as exc:  # a backstop: checked_schema's bounds keep both away
         raise ParameterError(f"{TGI_PREFIX}the job's JSON schema cannot be checked: {exc!r}") from exc
     finally:
         _STEPS.reset(token)
