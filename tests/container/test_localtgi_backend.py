@@ -6,12 +6,12 @@ import asyncio
 import json
 from typing import Any
 
-import httpx
 import pytest
 from eth_abi.abi import decode, encode
 
 from containerkit import env_for
 from enginekit import localtgi_url
+from infernet_tgi.upstream.client import HTTPClient
 
 GREEDY = {"max_new_tokens": 12, "do_sample": False}
 
@@ -31,7 +31,7 @@ async def run(client: Any, body: dict[str, Any]) -> tuple[int, Any]:
 
 async def test_offchain_onchain_and_stream_agree(app_for: Any, tgi: str) -> None:
     client = await app_for(env_for(tgi, TGI_INF_WORKFLOW_KW_ARGS=GREEDY))
-    async with httpx.AsyncClient() as http:
+    async with HTTPClient() as http:
         reply = await http.post(tgi + "/generate", json={"inputs": "The sky is", "parameters": GREEDY})
     direct = reply.json()
 
@@ -82,7 +82,7 @@ async def test_prompt_as_chat_uses_the_models_chat_template(app_for: Any, tgi: s
         "max_tokens": 12,
         "temperature": 0,
     }
-    async with httpx.AsyncClient() as http:
+    async with HTTPClient() as http:
         direct = (await http.post(tgi + "/v1/chat/completions", json=chat)).json()
     status, off = await run(client, {"source": 1, "destination": 1, "data": {"text": "Hello"}})
     assert status == 200, off

@@ -1,17 +1,24 @@
-"""PooledClient: httpx's API over aiohttp; every aiohttp failure comes out as the right httpx error."""
+"""HTTPClient and SSEDecoder: the bytes between the container and its upstream.
+
+Every aiohttp failure comes out as a retryable error of our tree; requests carry the configured headers
+and cookies; a stream left early really closes its connection; SSE framing is parsed the same however
+the bytes are split into chunks."""
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import json
+import random
 
 import aiohttp
-import httpx
 import pytest
 
 from faketgi import FakeTGI, Ok, Reset, Stall
+from infernet_tgi.errors import UpstreamProtocolError, UpstreamTimeoutError, UpstreamUnavailableError
+from infernet_tgi.upstream.client import HTTPClient
 from infernet_tgi.upstream.http import transport_error
-from infernet_tgi.upstream.transport import PooledClient, _httpx_error
+from infernet_tgi.upstream.sse import SSEDecoder
 
 
 def aiohttp_errors() -> list[type[BaseException]]:
@@ -32,61 +39,100 @@ def instance(cls: type[BaseException]) -> BaseException:
 
 
 @pytest.mark.parametrize("cls", aiohttp_errors(), ids=lambda c: c.__name__)
-def test_every_aiohttp_error_maps_to_a_retryable_transport_error(cls: type[BaseException]) -> None:
-    mapped = _httpx_error(instance(cls))
-    assert isinstance(mapped, httpx.TransportError)
-    assert transport_error(mapped, "http://h/x").retryable
+def test_every_aiohttp_error_is_a_retryable_upstream_error(cls: type[BaseException]) -> None:
+    error = transport_error(instance(cls), "http://user:pw@tgi:8080/generate")  # type: ignore[arg-type]
+    assert error.retryable and error.status in (503, 504)
+    assert "pw" not in str(error) and "http://tgi:8080/generate" in str(error)
 
 
 def test_specific_mappings() -> None:
-    assert type(_httpx_error(TimeoutError())) is httpx.ReadTimeout
-    assert type(_httpx_error(aiohttp.ServerDisconnectedError())) is httpx.RemoteProtocolError
-    assert type(_httpx_error(aiohttp.ConnectionTimeoutError())) is httpx.ConnectTimeout
-    assert type(_httpx_error(aiohttp.SocketTimeoutError())) is httpx.ReadTimeout
+    url = "http://h/x"
+    assert type(transport_error(TimeoutError(), url)) is UpstreamTimeoutError
+    assert type(transport_error(aiohttp.SocketTimeoutError(), url)) is UpstreamTimeoutError
+    connect = transport_error(aiohttp.ConnectionTimeoutError(), url)
+    assert type(connect) is UpstreamUnavailableError and "connect timed out" in str(connect)
+    closed = transport_error(aiohttp.ServerDisconnectedError(), url)
+    assert type(closed) is UpstreamUnavailableError and "closed the connection" in str(closed)
 
 
 async def test_requests_headers_cookies_and_json() -> None:
     with FakeTGI() as fake:
-        client = PooledClient(headers={"X-A": "1"}, cookies={"c": "v"}, timeout=5)
-        try:
-            response = await client.post(fake.url + "/generate", json={"inputs": "q"})
-            assert response.status_code == 200 and response.json()["generated_text"] == "echo: q"
+        async with HTTPClient(headers={"X-A": "1"}, cookies={"c": "v"}, timeout=5) as client:
+            reply = await client.post(fake.url + "/generate", json={"inputs": "q"})
+            assert reply.status == 200 and reply.json()["generated_text"] == "echo: q"
+            assert reply.headers["X-Prompt-Tokens"] == "1"  # case-insensitive, as HTTP says
             seen = fake.requests[-1]
             assert seen.headers["x-a"] == "1" and seen.headers["cookie"] == "c=v"
+            assert seen.headers["content-type"] == "application/json" and seen.body == {"inputs": "q"}
+            raw = await client.post(fake.url + "/generate", content=b'{"inputs": "r"}',
+                                    headers={"content-type": "application/json"})
+            assert raw.json()["generated_text"] == "echo: r"
             assert (await client.get(fake.url + "/info")).json()["model_id"] == "fake/tgi-model"
-        finally:
-            await client.aclose()
 
 
-async def test_failures_raise_httpx_errors() -> None:
+async def test_failures_raise_our_errors() -> None:
     with FakeTGI() as fake:
-        client = PooledClient(timeout=0.3)
-        try:
+        async with HTTPClient(timeout=0.3) as client:
             fake.script(Reset())
-            with pytest.raises(httpx.TransportError):
+            with pytest.raises(UpstreamUnavailableError):
                 await client.post(fake.url + "/generate", json={"inputs": "q"})
             fake.script(Stall(3))
-            with pytest.raises(httpx.ReadTimeout):
+            with pytest.raises(UpstreamTimeoutError):
                 await client.post(fake.url + "/generate", json={"inputs": "q"})
-            with pytest.raises(httpx.ConnectError):
+            with pytest.raises(UpstreamUnavailableError, match="upstream unreachable at http://127.0.0.1:9/"):
                 await client.get("http://127.0.0.1:9/")
-        finally:
-            await client.aclose()
 
 
-async def test_stream_left_early_closes_the_connection() -> None:
+async def test_stream_chunks_and_early_close() -> None:
     with FakeTGI() as fake:
-        client = PooledClient(timeout=5)
-        fake.script(Ok(text=" ".join(["w"] * 100), token_delay=0.02))
-        try:
-            async with client.stream("POST", fake.url + "/generate_stream", json={"inputs": "q"}) as r:
-                async for line in r.aiter_lines():
-                    assert line.startswith("data:")
+        async with HTTPClient(timeout=5) as client:
+            fake.script(Ok(text=" ".join(["w"] * 100), token_delay=0.02))
+            async with client.stream("POST", fake.url + "/generate_stream", json={"inputs": "q"}) as body:
+                assert body.status == 200
+                async for chunk in body.chunks():
+                    assert chunk.startswith(b"data:")
                     break
             for _ in range(100):
                 if fake.disconnects:
                     break
                 await asyncio.sleep(0.05)
             assert fake.disconnects == 1
-        finally:
-            await client.aclose()
+
+
+def tgi_stream_bytes(newline: bytes) -> tuple[bytes, list[bytes]]:
+    events = [json.dumps({"token": {"text": f"t{i}"}}).encode() for i in range(5)]
+    raw = b": keep-alive" + newline + newline
+    for event in events:
+        raw += b"id: 1" + newline + b"data:" + event + newline + newline
+    raw += b"event: x" + newline + b"data: line one" + newline + b"data: line two" + newline + newline
+    raw += b"data: [DONE]" + newline + newline + b"data: after done" + newline + newline
+    return raw, [*events, b"line one\nline two"]
+
+
+@pytest.mark.parametrize("newline", [b"\n", b"\r\n"], ids=["lf", "crlf"])
+def test_sse_is_the_same_however_the_bytes_are_split(newline: bytes) -> None:
+    raw, expected = tgi_stream_bytes(newline)
+    rng = random.Random(7)
+    splits = [[raw], [raw[i : i + 1] for i in range(len(raw))]]
+    splits += [_random_split(raw, rng) for _ in range(50)]
+    for chunks in splits:
+        decoder = SSEDecoder()
+        got = [payload for chunk in chunks for payload in decoder.feed(chunk)] + decoder.close()
+        assert got == expected and decoder.done
+
+
+def _random_split(raw: bytes, rng: random.Random) -> list[bytes]:
+    cuts = sorted(rng.sample(range(1, len(raw)), 6))
+    return [raw[a:b] for a, b in zip([0, *cuts], [*cuts, len(raw)], strict=True)]
+
+
+def test_sse_unterminated_last_event_and_limits() -> None:
+    decoder = SSEDecoder()
+    assert decoder.feed(b'data:{"a": 1}\n\ndata:{"b"') == [b'{"a": 1}']
+    assert decoder.close() == [b'{"b"']
+    with pytest.raises(UpstreamProtocolError, match="over 64 bytes"):
+        SSEDecoder(max_event=64).feed(b"data:" + b"x" * 100)
+    with pytest.raises(UpstreamProtocolError, match="over 64 bytes"):
+        big = SSEDecoder(max_event=64)
+        for _ in range(10):
+            big.feed(b"data:" + b"x" * 10 + b"\n")

@@ -8,7 +8,6 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import pytest
 
 from enginekit import engine_env, job
@@ -16,6 +15,7 @@ from fakeengines import FakeRunPod
 from infernet_tgi.config import Settings
 from infernet_tgi.errors import ConfigError
 from infernet_tgi.upstream.base import GenerationRequest
+from infernet_tgi.upstream.client import HTTPClient
 from infernet_tgi.upstream.runpod import RunPodUpstream
 
 
@@ -142,20 +142,20 @@ def test_runpod_settings() -> None:
 
 
 async def test_stream_closed_early_cancels_the_job(runpod: FakeRunPod) -> None:
-    async with httpx.AsyncClient() as http:
+    async with HTTPClient() as http:
         upstream = RunPodUpstream(http, runpod.base, api_key=runpod.api_key, model="rp/model",
                                   poll_interval=0.01)
         request = GenerationRequest(prompt=" ".join(["w"] * 30), parameters={"max_new_tokens": 40})
         events = upstream.stream(request)
         first = await anext(events)
         assert first.text == "echo:"
-        await events.aclose()  # type: ignore[attr-defined]
+        await events.aclose()
     assert runpod.cancelled == [list(runpod.jobs)[-1]]
 
 
 async def test_deadline_while_polling_cancels_the_job(runpod: FakeRunPod) -> None:
     runpod.pending_polls = 1000
-    async with httpx.AsyncClient() as http:
+    async with HTTPClient() as http:
         upstream = RunPodUpstream(http, runpod.base, api_key=runpod.api_key, model="rp/model",
                                   poll_interval=0.01)
         with pytest.raises(TimeoutError):

@@ -7,7 +7,6 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import pytest
 
 from enginekit import engine_env, job
@@ -15,6 +14,7 @@ from fakeengines import FakeVast
 from infernet_tgi.config import Settings
 from infernet_tgi.errors import ConfigError, UpstreamUnavailableError
 from infernet_tgi.upstream.base import GenerationRequest
+from infernet_tgi.upstream.client import HTTPClient
 from infernet_tgi.upstream.vast import VastUpstream
 
 
@@ -73,9 +73,9 @@ async def test_route_then_worker_with_the_ticket_echoed_byte_for_byte(app_for: A
 
 async def test_a_re_encoded_ticket_would_be_caught(vast: FakeVast) -> None:
     """The fake really checks: the same ticket parsed and re-encoded differs in bytes."""
-    async with httpx.AsyncClient() as http:
+    async with HTTPClient() as http:
         ticket = (await http.post(vast.url + "/route/", json={
-            "endpoint": vast.endpoint, "api_key": vast.api_key, "cost": 256})).text
+            "endpoint": vast.endpoint, "api_key": vast.api_key, "cost": 256})).body.decode()
     assert json.dumps(json.loads(ticket)) != ticket
 
 
@@ -96,7 +96,7 @@ async def test_no_worker_yet_is_polled_with_backoff(app_for: Any, vast: FakeVast
 
 async def test_no_worker_within_the_wait_is_unavailable(vast: FakeVast) -> None:
     vast.no_worker = 1000
-    async with httpx.AsyncClient() as http:
+    async with HTTPClient() as http:
         upstream = VastUpstream(http, vast.url, api_key=vast.api_key, endpoint=vast.endpoint,
                                 route_wait=0.1, poll_interval=0.02)
         with pytest.raises(UpstreamUnavailableError, match="no Vast worker ready for endpoint 'café-tgi'"):

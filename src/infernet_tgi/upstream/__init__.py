@@ -1,6 +1,7 @@
 """Upstream clients, one per protocol, behind the `Upstream` protocol; `build_upstream` picks one."""
 
-from .base import Generation, GenerationRequest, StreamDelta, Upstream
+from .base import Upstream
+from .client import HTTPClient
 from .factory import build_member, build_upstream
 from .guard import Guard
 from .native import NativeTGI
@@ -11,13 +12,11 @@ from .tgi import TGIUpstream
 from .vast import VastUpstream
 
 __all__ = [
-    "Generation",
-    "GenerationRequest",
     "Guard",
+    "HTTPClient",
     "NativeTGI",
     "OpenAIUpstream",
     "RunPodUpstream",
-    "StreamDelta",
     "TGIUpstream",
     "Upstream",
     "UpstreamPool",

@@ -7,15 +7,14 @@ no chat route, so chat jobs need `TGI_INF_CHAT_TEMPLATE`; constraints go as TGI'
 
 from __future__ import annotations
 
-import httpx
-
+from .client import HTTPClient
 from .native import NativeTGI
 
 GENERATE_PATH = "/v1/completions/generate"
 STREAM_PATH = "/v1/completions/generate_stream"
 
 
-def datacrunch_upstream(client: httpx.AsyncClient, url: str, model: str) -> NativeTGI:
+def datacrunch_upstream(client: HTTPClient, url: str, model: str) -> NativeTGI:
     """A DataCrunch endpoint at `url` serving `model`."""
     return NativeTGI(
         client,

@@ -1,8 +1,8 @@
 """The configured upstream, built from `Settings`: kind, URLs, pool, chat template, answer checks.
 
-Use `build_upstream(settings, client)` in the app's lifespan with the process's one pooled
-`httpx.AsyncClient`. One URL gives one client; several give an `UpstreamPool` of them. The result is
-always wrapped in a `Guard` (chat template, constraint checks).
+Use `build_upstream(settings, client)` with the process's one `HTTPClient` (`core.build_core` does).
+One URL gives one client; several give an `UpstreamPool` of them. The result is always wrapped in a
+`Guard` (chat template, constraint checks).
 """
 
 from __future__ import annotations
@@ -10,12 +10,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Literal, cast
 
-import httpx
-
 from ..config import Settings
 from ..errors import UpstreamError
 from ..metrics import Metrics
 from .base import Upstream
+from .client import HTTPClient
 from .datacrunch import datacrunch_upstream
 from .guard import Guard
 from .native import NativeTGI
@@ -27,7 +26,7 @@ from .vast import VastUpstream
 Structured = Literal["auto", "structured_outputs", "guided"]
 
 
-def build_member(settings: Settings, client: httpx.AsyncClient, url: str) -> Upstream:
+def build_member(settings: Settings, client: HTTPClient, url: str) -> Upstream:
     """One client of the configured kind for `url`."""
     kind = settings.upstream_kind
     structured = cast(Structured, settings.vllm_structured)
@@ -64,7 +63,7 @@ def build_member(settings: Settings, client: httpx.AsyncClient, url: str) -> Ups
     return NativeTGI(client, url)
 
 
-def build_upstream(settings: Settings, client: httpx.AsyncClient, *, metrics: Metrics | None = None) -> Guard:
+def build_upstream(settings: Settings, client: HTTPClient, *, metrics: Metrics | None = None) -> Guard:
     """The upstream the workflow calls; `metrics` counts a pool's failovers and members down."""
     members = [build_member(settings, client, url) for url in settings.urls]
     inner: Upstream = members[0]

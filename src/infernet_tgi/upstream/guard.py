@@ -11,12 +11,13 @@ cannot take back text it has already sent.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import aclosing
 from typing import Any
 
 from ..chat import ChatTemplate
-from ..constraints import verify
+from ..constraints import Constraint, verify
 from .base import Generation, GenerationRequest, StreamDelta, Upstream
 from .http import redact
 from .openai import constraint_of
@@ -56,38 +57,37 @@ class Guard:
         )
         return dataclasses.replace(generation, text=text)
 
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamDelta]:
+    def stream(self, request: GenerationRequest) -> AsyncGenerator[StreamDelta, None]:
         request = self._prepared(request)
         constraint = constraint_of(request)
-        events = self.inner.stream(request)
-        try:
-            if constraint is None:
-                async for delta in events:
-                    yield delta
-                return
-            pieces: list[str] = []
-            last = StreamDelta(text="")
+        if constraint is None:
+            return self.inner.stream(request)  # nothing to check: no layer of ours per delta
+        return self._checked(request, constraint)
+
+    async def _checked(
+        self, request: GenerationRequest, constraint: Constraint
+    ) -> AsyncGenerator[StreamDelta, None]:
+        pieces: list[str] = []
+        last = StreamDelta(text="")
+        async with aclosing(self.inner.stream(request)) as events:
             async for delta in events:
                 pieces.append(delta.text)
                 last = delta
-            text = await verify(
-                constraint,
-                "".join(pieces),
-                finish_reason=last.finish_reason,
-                where=redact(self.inner.url),
-                executor=self._checks,
-            )
-            yield dataclasses.replace(last, text=text)
-        finally:
-            close = getattr(events, "aclose", None)
-            if close is not None:
-                await close()
+        text = await verify(
+            constraint,
+            "".join(pieces),
+            finish_reason=last.finish_reason,
+            where=redact(self.inner.url),
+            executor=self._checks,
+        )
+        yield dataclasses.replace(last, text=text)
 
     async def info(self) -> dict[str, Any]:
         return await self.inner.info()
 
+    async def health(self) -> None:
+        await self.inner.health()
+
     async def aclose(self) -> None:
         self._checks.shutdown(wait=False, cancel_futures=True)
-        close = getattr(self.inner, "aclose", None)
-        if close is not None:
-            await close()
+        await self.inner.aclose()

@@ -1,8 +1,8 @@
 """The one place where HTTP failures become `UpstreamError`s.
 
-Use `transport_error` for an httpx exception, `status_error` for a non-2xx answer and `event_error` for
-an error event inside a 200 stream. The mapping follows the TGI client's rules (error_type first, then
-status), extended to the transport failures the reference leaves unhandled.
+Use `transport_error` for an aiohttp exception (the client calls it), `status_error` for a non-2xx
+answer and `event_error` for an error event inside a 200 stream. The mapping follows the TGI client's
+rules (error_type first, then status), extended to the transport failures the reference leaves unhandled.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import json
 from http import HTTPStatus
 from typing import Any
 
-import httpx
+import aiohttp
 
 from ..errors import (
     UpstreamError,
@@ -60,21 +60,28 @@ _DESCRIBE: dict[type[UpstreamError], str] = {
 }
 
 
-def transport_error(exc: httpx.HTTPError, url: str) -> UpstreamError:
-    """An httpx failure (no HTTP answer, or a broken one) as an error of our tree."""
+def transport_error(exc: aiohttp.ClientError | TimeoutError, url: str) -> UpstreamError:
+    """A failure without an HTTP answer (or with a broken one) as an error of our tree."""
     where = redact(url)
-    detail = str(exc) or type(exc).__name__
-    if isinstance(exc, httpx.ConnectTimeout):
+    detail = _detail(exc)
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
         return UpstreamUnavailableError(f"upstream unreachable at {where}: connect timed out")
-    if isinstance(exc, httpx.TimeoutException):
+    if isinstance(exc, TimeoutError):  # aiohttp's read timeouts are TimeoutErrors too
         return UpstreamTimeoutError(f"upstream timed out at {where}: {type(exc).__name__}")
-    if isinstance(exc, httpx.ConnectError):
+    if isinstance(exc, aiohttp.ClientConnectorError):
         return UpstreamUnavailableError(f"upstream unreachable at {where}: {detail}")
-    if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError | httpx.WriteError):
+    if isinstance(
+        exc, aiohttp.ClientConnectionError | aiohttp.ClientPayloadError | aiohttp.ClientResponseError
+    ):
         return UpstreamUnavailableError(f"upstream closed the connection at {where}: {detail}")
-    if isinstance(exc, httpx.TransportError):
-        return UpstreamUnavailableError(f"upstream transport failed at {where}: {detail}")
-    return UpstreamProtocolError(f"upstream call failed at {where}: {detail}")
+    return UpstreamUnavailableError(f"upstream transport failed at {where}: {detail}")
+
+
+def _detail(exc: BaseException) -> str:
+    try:
+        return str(exc) or type(exc).__name__
+    except Exception:  # some aiohttp errors cannot render without their connection key
+        return type(exc).__name__
 
 
 def status_error(status: int, body: bytes, url: str) -> UpstreamError:

@@ -11,15 +11,15 @@ refuses them with a clear error.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
+from contextlib import aclosing
 from typing import Any
 
-import httpx
-
 from ..constraints import tgi_grammar
-from ..errors import UpstreamValidationError
+from ..errors import UnsupportedRequestError
 from .base import Generation, GenerationRequest, StreamDelta
-from .http import redact, status_error, transport_error
+from .client import HTTPClient
+from .http import redact, status_error
 from .openai import OpenAIUpstream, constraint_of
 from .tgi import TGIUpstream
 
@@ -29,7 +29,7 @@ class NativeTGI:
 
     def __init__(
         self,
-        client: httpx.AsyncClient,
+        client: HTTPClient,
         url: str,
         *,
         generate_path: str = "/generate",
@@ -56,7 +56,7 @@ class NativeTGI:
 
     def _native(self, request: GenerationRequest) -> GenerationRequest:
         if request.messages is not None:
-            raise UpstreamValidationError(
+            raise UnsupportedRequestError(
                 f"{redact(self.url)} has no chat route: chat jobs need TGI_INF_CHAT_TEMPLATE "
                 "(e.g. chatml, llama3) so that messages become a prompt"
             )
@@ -82,17 +82,21 @@ class NativeTGI:
             return await self._chat.generate(request)
         return await self._tgi.generate(self._native(native or request))
 
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamDelta]:
+    def stream(self, request: GenerationRequest) -> AsyncGenerator[StreamDelta, None]:
+        if request.messages is None or self._chat is None:
+            # a prompt job: TGI's stream itself, no layer of ours per delta (a refusal raises here)
+            return self._tgi.stream(self._native(request))
+        return self._chat_stream(request)
+
+    async def _chat_stream(self, request: GenerationRequest) -> AsyncGenerator[StreamDelta, None]:
         native = await self._templated(request)
         if native is None and self._chat is not None:
             events = self._chat.stream(request)
         else:
             events = self._tgi.stream(self._native(native or request))
-        try:
+        async with aclosing(events):
             async for delta in events:
                 yield delta
-        finally:
-            await events.aclose()  # type: ignore[attr-defined]
 
     async def info(self) -> dict[str, Any]:
         return await self._tgi.info()
@@ -102,12 +106,12 @@ class NativeTGI:
         if self._health is None:
             await self._tgi.info()
             return
-        try:
-            response = await self._client.get(self._health)
-        except httpx.HTTPError as exc:
-            raise transport_error(exc, self._health) from exc
-        if response.status_code != 200:
-            raise status_error(response.status_code, response.content, self._health)
+        response = await self._client.get(self._health)
+        if response.status != 200:
+            raise status_error(response.status, response.body, self._health)
+
+    async def aclose(self) -> None:
+        """Nothing runs in the background here."""
 
 
 # TGI parameters its Messages API does not take (value: when a setting of it matters).
@@ -124,7 +128,7 @@ _GENERATE_ONLY: dict[str, Callable[[Any], bool]] = {
 def _refuse_generate_only(parameters: dict[str, Any], url: str) -> None:
     for name, matters in _GENERATE_ONLY.items():
         if matters(parameters.get(name)):
-            raise UpstreamValidationError(
+            raise UnsupportedRequestError(
                 f"`{name}` needs TGI's /generate, but {redact(url)} cannot render chats for it (no "
                 "/chat_tokenize: TGI older than 2.2, or a model without a fast tokenizer); set "
                 "TGI_INF_CHAT_TEMPLATE to the model's template, or leave `{name}` out"

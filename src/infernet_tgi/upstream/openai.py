@@ -21,18 +21,17 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-import httpx
-
 from ..constraints import Constraint, from_grammar, tgi_grammar, vllm_fields
-from ..errors import UpstreamProtocolError, UpstreamValidationError
+from ..errors import UnsupportedRequestError, UpstreamError, UpstreamProtocolError
 from .base import Generation, GenerationRequest, StreamDelta
-from .http import event_error, redact, status_error, transport_error
-from .sse import events
+from .client import HTTPClient
+from .http import event_error, redact, status_error
+from .sse import SSEDecoder
 
 Flavor = Literal["vllm", "tgi"]
 Form = Literal["structured_outputs", "guided"]
@@ -83,7 +82,7 @@ def request_body(
     tgi = dialect.flavor == "tgi"
     for name, changes in _TGI_ONLY.items():
         if changes(p.get(name)):
-            raise UpstreamValidationError(
+            raise UnsupportedRequestError(
                 f"`{name}` has no equivalent on {where} (an OpenAI-compatible {dialect.flavor} "
                 "server would ignore or reject it); leave it out, or use TGI_INF_UPSTREAM_KIND=tgi"
             )
@@ -103,7 +102,7 @@ def request_body(
             body[name] = p[name]
     for name in ("top_k", "truncate"):
         if tgi and p.get(name) is not None:
-            raise UpstreamValidationError(
+            raise UnsupportedRequestError(
                 f"`{name}` is not accepted by TGI's OpenAI routes ({where}); leave it out, or use "
                 "TGI_INF_UPSTREAM_KIND=tgi (and TGI_INF_CHAT_TEMPLATE for chat jobs)"
             )
@@ -119,12 +118,12 @@ def request_body(
             body["repetition_penalty"] = p["repetition_penalty"]
     if p.get("return_full_text"):
         if chat or tgi:
-            raise UpstreamValidationError(f"`return_full_text` is not available on {where}")
+            raise UnsupportedRequestError(f"`return_full_text` is not available on {where}")
         body["echo"] = True
     constraint = constraint_of(request)
     if constraint is not None:
         if tgi and not chat:
-            raise UpstreamValidationError(
+            raise UnsupportedRequestError(
                 f"TGI's /v1/completions cannot constrain output ({where}); use "
                 "TGI_INF_UPSTREAM_KIND=tgi for prompt jobs with response_pool/json_format/grammar"
             )
@@ -236,11 +235,11 @@ def _version_form(version: str | None) -> Form:
 
 
 class OpenAIUpstream:
-    """An OpenAI-compatible server at `url` (its `/v1` base), through the shared httpx client."""
+    """An OpenAI-compatible server at `url` (its `/v1` base), through the process's `HTTPClient`."""
 
     def __init__(
         self,
-        client: httpx.AsyncClient,
+        client: HTTPClient,
         url: str,
         *,
         api_key: str | None = None,
@@ -291,10 +290,10 @@ class OpenAIUpstream:
         ):
             try:
                 response = await self._client.get(url, headers=self._headers)
-            except httpx.HTTPError:
+            except UpstreamError:
                 continue
             answered = True
-            if response.status_code != 200:
+            if response.status != 200:
                 continue
             try:
                 payload = response.json()
@@ -327,12 +326,9 @@ class OpenAIUpstream:
 
     async def _get(self, path: str) -> Any:
         url = self._url + path
-        try:
-            response = await self._client.get(url, headers=self._headers)
-        except httpx.HTTPError as exc:
-            raise transport_error(exc, url) from exc
-        if response.status_code != 200:
-            raise status_error(response.status_code, response.content, url)
+        response = await self._client.get(url, headers=self._headers)
+        if response.status != 200:
+            raise status_error(response.status, response.body, url)
         try:
             return response.json()
         except ValueError as exc:
@@ -347,37 +343,35 @@ class OpenAIUpstream:
 
     async def generate(self, request: GenerationRequest) -> Generation:
         url, body = await self._build(request, stream=False)
+        response = await self._client.post(url, json=body, headers=self._headers)
+        if response.status != 200:
+            raise status_error(response.status, response.body, url)
         try:
-            response = await self._client.post(url, json=body, headers=self._headers)
-        except httpx.HTTPError as exc:
-            raise transport_error(exc, url) from exc
-        if response.status_code != 200:
-            raise status_error(response.status_code, response.content, url)
-        try:
-            payload = json.loads(response.content)
+            payload = response.json()
         except ValueError as exc:
             raise UpstreamProtocolError(f"upstream answered non-JSON at {redact(url)}") from exc
         return parse_response(payload, chat=request.messages is not None, where=redact(url))
 
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamDelta]:
+    async def stream(self, request: GenerationRequest) -> AsyncGenerator[StreamDelta, None]:
         url, body = await self._build(request, stream=True)
         reader = ChunkReader(redact(url))
-        try:
-            async with self._client.stream("POST", url, json=body, headers=self._headers) as response:
-                if response.status_code != 200:
-                    raise status_error(response.status_code, await response.aread(), url)
-                async for data in events(response.aiter_lines()):
-                    try:
-                        payload = json.loads(data)
-                    except ValueError as exc:
-                        raise UpstreamProtocolError(
-                            f"upstream stream event is not JSON ({redact(url)})"
-                        ) from exc
-                    text = reader.feed(payload)
-                    if text:
-                        yield StreamDelta(text=text)
-        except httpx.HTTPError as exc:
-            raise transport_error(exc, url) from exc
+        async with self._client.stream("POST", url, json=body, headers=self._headers) as response:
+            if response.status != 200:
+                raise status_error(response.status, await response.read(), url)
+            decoder = SSEDecoder()
+            async for chunk in response.chunks():
+                text, failure = _read(reader, decoder.feed(chunk), url)
+                if text:
+                    yield StreamDelta(text=text)
+                if failure is not None:  # after the text that came before it
+                    raise failure
+                if decoder.done:
+                    break
+            text, failure = _read(reader, decoder.close(), url)
+            if text:
+                yield StreamDelta(text=text)
+            if failure is not None:
+                raise failure
         yield reader.final()
 
     async def info(self) -> dict[str, Any]:
@@ -387,3 +381,21 @@ class OpenAIUpstream:
     async def health(self) -> None:
         """Raises unless `GET /models` answers 200 (the route every compatible server has)."""
         await self._get("/models")
+
+    async def aclose(self) -> None:
+        """Nothing runs in the background here."""
+
+
+def _read(reader: ChunkReader, events: list[bytes], url: str) -> tuple[str, UpstreamError | None]:
+    """The text of stream chunks that arrived together, and the error an error chunk raised."""
+    pieces = []
+    for data in events:
+        try:
+            try:
+                payload = json.loads(data)
+            except ValueError as exc:
+                raise UpstreamProtocolError(f"upstream stream event is not JSON ({redact(url)})") from exc
+            pieces.append(reader.feed(payload))
+        except UpstreamError as exc:
+            return "".join(pieces), exc
+    return "".join(pieces), None

@@ -4,7 +4,7 @@ Use `UpstreamPool` when `TGI_INF_UPSTREAM_URLS` lists more than one URL (the fac
 attempt of the workflow's retry policy, a call goes to the next healthy member; if that member cannot
 be reached or answers 503 (`UpstreamUnavailableError`), it is marked down and the call moves on to the
 next one, and on 429 or a TGI shard error it moves on without marking. A down member is skipped until
-its health check (`health()`, else `info()`) passes again; checks run in the background, at most once
+its health check (`health()`) passes again; checks run in the background, at most once
 per `recheck_interval`. When every member is down, all are tried anyway: a real request is the
 freshest health check there is. Streams fail over only before their first event.
 """
@@ -15,7 +15,8 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
+from contextlib import aclosing
 from typing import Any
 
 from ..errors import (
@@ -106,11 +107,9 @@ class UpstreamPool:
         self._probes.pop(index, None)
 
     async def _probe(self, index: int) -> None:
-        member = self._members[index]
-        check: Callable[[], Any] = getattr(member, "health", None) or member.info
         try:
             async with asyncio.timeout(self._probe_timeout):
-                await check()
+                await self._members[index].health()
         except (UpstreamError, TimeoutError):
             if index in self._down:
                 self._down[index] = self._clock() + self._recheck
@@ -143,7 +142,7 @@ class UpstreamPool:
         assert last is not None
         raise last
 
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamDelta]:
+    async def stream(self, request: GenerationRequest) -> AsyncGenerator[StreamDelta, None]:
         last: UpstreamError | None = None
         for index in self._order():
             events = self._members[index].stream(request)
@@ -152,26 +151,24 @@ class UpstreamPool:
             except StopAsyncIteration:
                 return
             except UpstreamUnavailableError as exc:
-                await _aclose(events)
+                await events.aclose()
                 self._mark_down(index, exc)
                 self._moved_on(exc)
                 last = exc
                 continue
             except _MOVE_ON as exc:
-                await _aclose(events)
+                await events.aclose()
                 self._moved_on(exc)
                 last = exc
                 continue
             except BaseException:
-                await _aclose(events)
+                await events.aclose()
                 raise
             self._mark_up(index)
-            try:
+            async with aclosing(events):
                 yield first
                 async for delta in events:
                     yield delta
-            finally:
-                await _aclose(events)
             return
         assert last is not None
         raise last
@@ -198,8 +195,3 @@ class UpstreamPool:
             task.cancel()
         await asyncio.gather(*list(self._probes.values()), return_exceptions=True)
 
-
-async def _aclose(events: AsyncIterator[StreamDelta]) -> None:
-    close = getattr(events, "aclose", None)
-    if close is not None:
-        await close()

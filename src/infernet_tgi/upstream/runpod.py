@@ -13,18 +13,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any, Literal
 
-import httpx
-
 from ..errors import (
+    UpstreamError,
     UpstreamGenerationError,
     UpstreamProtocolError,
     UpstreamTimeoutError,
 )
 from .base import Generation, GenerationRequest, StreamDelta
-from .http import redact, status_error, transport_error
+from .client import HTTPClient
+from .http import redact, status_error
 from .openai import ChunkReader, Dialect, parse_response, request_body
 
 PENDING = ("IN_QUEUE", "IN_PROGRESS")
@@ -35,7 +35,7 @@ class RunPodUpstream:
 
     def __init__(
         self,
-        client: httpx.AsyncClient,
+        client: HTTPClient,
         url: str,
         *,
         api_key: str | None,
@@ -65,14 +65,11 @@ class RunPodUpstream:
 
     async def _call(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
         url = self._url + path
+        response = await self._client.request(method, url, json=body, headers=self._headers)
+        if response.status != 200:
+            raise status_error(response.status, response.body, url)
         try:
-            response = await self._client.request(method, url, json=body, headers=self._headers)
-        except httpx.HTTPError as exc:
-            raise transport_error(exc, url) from exc
-        if response.status_code != 200:
-            raise status_error(response.status_code, response.content, url)
-        try:
-            payload = json.loads(response.content)
+            payload = response.json()
         except ValueError as exc:
             raise UpstreamProtocolError(f"upstream answered non-JSON at {redact(url)}") from exc
         if not isinstance(payload, dict):
@@ -96,7 +93,7 @@ class RunPodUpstream:
         self._raise_unless_completed(job)
         return _generation(job.get("output"), chat=request.messages is not None, where=redact(self._url))
 
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamDelta]:
+    async def stream(self, request: GenerationRequest) -> AsyncGenerator[StreamDelta, None]:
         job = await self._call("POST", "/run", self._input(request, stream=True))
         job_id = _job_id(job, self._url)
         reader = ChunkReader(redact(self._url))
@@ -145,7 +142,7 @@ class RunPodUpstream:
     async def _cancel(self, job_id: str) -> None:
         try:
             await asyncio.shield(self._client.post(f"{self._url}/cancel/{job_id}", headers=self._headers))
-        except (httpx.HTTPError, asyncio.CancelledError):
+        except (UpstreamError, asyncio.CancelledError):
             pass  # best effort: the job's executionTimeout ends it anyway
 
     def _raise_unless_completed(self, job: dict[str, Any]) -> None:
@@ -168,6 +165,9 @@ class RunPodUpstream:
     async def health(self) -> None:
         """Raises unless the endpoint's `GET /health` answers 200."""
         await self._call("GET", "/health")
+
+    async def aclose(self) -> None:
+        """Nothing runs in the background here."""
 
 
 def _job_id(job: dict[str, Any], url: str) -> str:

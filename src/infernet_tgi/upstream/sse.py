@@ -1,34 +1,73 @@
-"""Server-sent events as LLM servers send them.
+"""Server-sent events as LLM servers send them, parsed once, straight from the bytes.
 
-Use `events` on an httpx streaming response. It tolerates every framing seen in the field: `data:` with
-or without a space (TGI omits it, vLLM adds it), `:` keep-alive comments, `event:`/`id:` fields,
-multi-line data, and a `[DONE]` terminator (vLLM, TGI chat) or none (TGI generate).
+Use one `SSEDecoder` per stream: `feed` it each chunk as it arrives and it returns the `data` payloads
+of the events that chunk completed (so events that arrived together are handled together); `close` at
+the end returns an event the server did not terminate with a blank line. It tolerates every framing
+seen in the field: `data:` with or without a space (TGI omits it, vLLM adds it), `:` keep-alive
+comments, `event:`/`id:` fields, multi-line data, CRLF or LF line ends split across chunks, and a
+`[DONE]` terminator (vLLM, TGI chat) or none (TGI generate). Memory is bounded: an event larger than
+`max_event` bytes is an `UpstreamProtocolError`.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from ..errors import UpstreamProtocolError
+
+DONE = b"[DONE]"
 
 
-async def events(lines: AsyncIterator[str]) -> AsyncIterator[str]:
-    """The `data` payload of each event, in order, until `[DONE]` or the end of the stream."""
-    data: list[str] = []
-    async for line in lines:
-        if not line:
-            if data:
-                payload = "\n".join(data)
-                data.clear()
-                if payload == "[DONE]":
-                    return
-                yield payload
-            continue
-        if line.startswith(":"):
-            continue
-        name, _, value = line.partition(":")
-        if name != "data":
-            continue
-        data.append(value[1:] if value.startswith(" ") else value)
-    if data:
-        payload = "\n".join(data)
-        if payload != "[DONE]":
-            yield payload
+class SSEDecoder:
+    """Incremental SSE parser; `done` is set once `[DONE]` arrived (later bytes are ignored)."""
+
+    def __init__(self, *, max_event: int = 4 << 20) -> None:
+        self._pending = b""  # an incomplete line
+        self._data: list[bytes] = []  # data lines of the event being read
+        self._size = 0
+        self._max = max_event
+        self.done = False
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        """The payloads of the events completed by `chunk`, in order."""
+        if self.done:
+            return []
+        buffer = self._pending + chunk if self._pending else chunk
+        lines = buffer.split(b"\n")
+        self._pending = lines.pop()
+        if len(self._pending) + self._size > self._max:
+            raise UpstreamProtocolError(f"upstream stream event is over {self._max} bytes")
+        out: list[bytes] = []
+        for line in lines:
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            if not line:
+                if self._data and self._dispatch(out):
+                    return out
+                continue
+            if line.startswith(b"data:"):
+                value = line[6:] if line.startswith(b"data: ") else line[5:]
+                self._data.append(value)
+                self._size += len(value)
+                if self._size > self._max:
+                    raise UpstreamProtocolError(f"upstream stream event is over {self._max} bytes")
+            # comments (":") and other fields (event, id, retry) carry nothing we use
+        return out
+
+    def close(self) -> list[bytes]:
+        """The payload of an event left unterminated at the end of the stream, if any."""
+        if self.done:
+            return []
+        out = self.feed(b"\n") if self._pending else []
+        if self._data and not self.done:
+            self._dispatch(out)
+        return out
+
+    def _dispatch(self, out: list[bytes]) -> bool:
+        """Move the current event to `out`; True when it was `[DONE]`."""
+        payload = self._data[0] if len(self._data) == 1 else b"\n".join(self._data)
+        self._data = []
+        self._size = 0
+        if payload == DONE:
+            self.done = True
+            return True
+        out.append(payload)
+        return False

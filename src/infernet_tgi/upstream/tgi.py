@@ -3,30 +3,31 @@
 Use `TGIUpstream` for Hugging Face TGI, localtgi, and anything that speaks TGI's generate routes
 (DataCrunch and Vast wrap it). It always asks for `details` so finish reasons and token counts are
 known, drops special tokens from streams (the reference leaks `</s>`), and checks every stream event
-for an in-band error. `chat_prompt` renders a chat with the served model's own template
-(`/chat_tokenize`, docs/protocol.md §3.5), so chats can go to `/generate` with every TGI parameter.
+for an in-band error. A stream yields one delta per chunk read from the socket, with the text of every
+token event in it: tokens that arrived together leave together. `chat_prompt` renders a chat with the
+served model's own template (`/chat_tokenize`, docs/protocol.md §3.5), so chats can go to `/generate`
+with every TGI parameter.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from typing import Any
 
-import httpx
-
-from ..errors import UpstreamProtocolError
+from ..errors import UpstreamError, UpstreamProtocolError
 from .base import Generation, GenerationRequest, StreamDelta
-from .http import event_error, redact, status_error, transport_error
-from .sse import events
+from .client import HTTPClient
+from .http import event_error, redact, status_error
+from .sse import SSEDecoder
 
 
 class TGIUpstream:
-    """A TGI server at `url`, called through a shared pooled `httpx.AsyncClient`."""
+    """A TGI server at `url`, called through the process's `HTTPClient`."""
 
     def __init__(
         self,
-        client: httpx.AsyncClient,
+        client: HTTPClient,
         url: str,
         *,
         generate_path: str = "/generate",
@@ -50,13 +51,10 @@ class TGIUpstream:
         return {**self._extra, "inputs": request.prompt, "parameters": parameters}
 
     async def generate(self, request: GenerationRequest) -> Generation:
-        try:
-            response = await self._client.post(self._generate_url, json=self._body(request))
-        except httpx.HTTPError as exc:
-            raise transport_error(exc, self._generate_url) from exc
-        if response.status_code != 200:
-            raise status_error(response.status_code, response.content, self._generate_url)
-        payload = _decode(response.content, self._generate_url)
+        response = await self._client.post(self._generate_url, json=self._body(request))
+        if response.status != 200:
+            raise status_error(response.status, response.body, self._generate_url)
+        payload = _decode(response.body, self._generate_url)
         if isinstance(payload, list) and payload:  # `POST /` and some gateways answer a list
             payload = payload[0]
         if not isinstance(payload, dict) or not isinstance(payload.get("generated_text"), str):
@@ -71,7 +69,7 @@ class TGIUpstream:
             completion_tokens=details.get("generated_tokens"),
         )
 
-    def stream(self, request: GenerationRequest) -> AsyncIterator[StreamDelta]:
+    def stream(self, request: GenerationRequest) -> AsyncGenerator[StreamDelta, None]:
         return tgi_stream(self._client, self._stream_url, json=self._body(request))
 
     async def chat_prompt(self, messages: Sequence[dict[str, str]]) -> str | None:
@@ -82,16 +80,13 @@ class TGIUpstream:
             return None
         url = self._url + "/chat_tokenize"
         body = {"model": "tgi", "messages": [dict(m) for m in messages]}
-        try:
-            response = await self._client.post(url, json=body)
-        except httpx.HTTPError as exc:
-            raise transport_error(exc, url) from exc
-        if response.status_code == 404:
+        response = await self._client.post(url, json=body)
+        if response.status == 404:
             self._chat_tokenize = False
             return None
-        if response.status_code != 200:
-            raise status_error(response.status_code, response.content, url)
-        payload = _decode(response.content, url)
+        if response.status != 200:
+            raise status_error(response.status, response.body, url)
+        payload = _decode(response.body, url)
         text = payload.get("templated_text") if isinstance(payload, dict) else None
         tokens = payload.get("tokenize_response") if isinstance(payload, dict) else None
         if not isinstance(text, str) or not isinstance(tokens, list):
@@ -118,12 +113,9 @@ class TGIUpstream:
         if self._added_prefix is not None:
             return self._added_prefix
         url = self._url + "/tokenize"
-        try:
-            response = await self._client.post(url, json={"inputs": "a"})
-        except httpx.HTTPError as exc:
-            raise transport_error(exc, url) from exc
+        response = await self._client.post(url, json={"inputs": "a"})
         prefix: list[int] = []
-        payload = _decode(response.content, url) if response.status_code == 200 else None
+        payload = _decode(response.body, url) if response.status == 200 else None
         for token in payload if isinstance(payload, list) else []:
             if not isinstance(token, dict) or token.get("start") != 0 or token.get("stop") != 0:
                 break
@@ -134,56 +126,89 @@ class TGIUpstream:
 
     async def info(self) -> dict[str, Any]:
         url = self._url + "/info"
-        try:
-            response = await self._client.get(url)
-        except httpx.HTTPError as exc:
-            raise transport_error(exc, url) from exc
-        if response.status_code != 200:
-            raise status_error(response.status_code, response.content, url)
-        payload = _decode(response.content, url)
+        response = await self._client.get(url)
+        if response.status != 200:
+            raise status_error(response.status, response.body, url)
+        payload = _decode(response.body, url)
         if not isinstance(payload, dict):
             raise UpstreamProtocolError(f"upstream /info is not an object ({redact(url)})")
         return payload
 
+    async def health(self) -> None:
+        """Raises unless `GET /health` answers 200."""
+        url = self._url + "/health"
+        response = await self._client.get(url)
+        if response.status != 200:
+            raise status_error(response.status, response.body, url)
+
+    async def aclose(self) -> None:
+        """Nothing runs in the background here."""
+
 
 async def tgi_stream(
-    client: httpx.AsyncClient,
+    client: HTTPClient,
     url: str,
     *,
     json: Any = None,
     content: bytes | None = None,
-    headers: dict[str, str] | None = None,
-) -> AsyncIterator[StreamDelta]:
+    headers: Mapping[str, str] | None = None,
+) -> AsyncGenerator[StreamDelta, None]:
     """POST to a TGI `generate_stream` route (or anything relaying it) and read its SSE: text
     deltas without special tokens, then the final event's finish reason and counts. Error events
     inside the 200 stream raise, as does a stream that ends before its final event."""
-    try:
-        async with client.stream("POST", url, json=json, content=content, headers=headers) as response:
-            if response.status_code != 200:
-                raise status_error(response.status_code, await response.aread(), url)
-            async for data in events(response.aiter_lines()):
-                payload = _decode(data.encode(), url)
-                if not isinstance(payload, dict):
-                    raise UpstreamProtocolError(f"upstream stream event is not an object ({redact(url)})")
-                if "error" in payload:
-                    raise event_error(payload, url)
-                token = payload.get("token") or {}
-                text = "" if token.get("special") else str(token.get("text", ""))
-                details = payload.get("details")
-                if payload.get("generated_text") is not None or details:
-                    details = details or {}
-                    yield StreamDelta(
-                        text=text,
-                        finish_reason=details.get("finish_reason"),
-                        prompt_tokens=details.get("input_length"),
-                        completion_tokens=details.get("generated_tokens"),
-                    )
-                    return
-                if text:
-                    yield StreamDelta(text=text)
-    except httpx.HTTPError as exc:
-        raise transport_error(exc, url) from exc
+    async with client.stream("POST", url, json=json, content=content, headers=headers) as response:
+        if response.status != 200:
+            raise status_error(response.status, await response.read(), url)
+        decoder = SSEDecoder()
+        async for chunk in response.chunks():
+            text, final, failure = _read(decoder.feed(chunk), url)
+            if final is not None:
+                yield final
+                return
+            if text:
+                yield StreamDelta(text=text)
+            if failure is not None:  # after the tokens that came before it
+                raise failure
+        text, final, failure = _read(decoder.close(), url)
+        if final is not None:
+            yield final
+            return
+        if text:
+            yield StreamDelta(text=text)
+        if failure is not None:
+            raise failure
     raise UpstreamProtocolError(f"upstream stream ended before its final event ({redact(url)})")
+
+
+def _read(events: list[bytes], url: str) -> tuple[str, StreamDelta | None, UpstreamError | None]:
+    """Events that arrived together: the text of their tokens, the closing delta if the final event
+    is among them (carrying all the text), and the error an error event raised (after the text)."""
+    pieces: list[str] = []
+    for data in events:
+        try:
+            payload = _decode(data, url)
+            if not isinstance(payload, dict):
+                raise UpstreamProtocolError(f"upstream stream event is not an object ({redact(url)})")
+            if "error" in payload:
+                raise event_error(payload, url)
+        except UpstreamError as exc:
+            return "".join(pieces), None, exc
+        token = payload.get("token") or {}
+        if isinstance(token, dict) and not token.get("special"):
+            text = token.get("text")
+            if isinstance(text, str) and text:
+                pieces.append(text)
+        details = payload.get("details")
+        if payload.get("generated_text") is not None or details:
+            details = details if isinstance(details, dict) else {}
+            final = StreamDelta(
+                text="".join(pieces),
+                finish_reason=details.get("finish_reason"),
+                prompt_tokens=details.get("input_length"),
+                completion_tokens=details.get("generated_tokens"),
+            )
+            return final.text, final, None
+    return "".join(pieces), None, None
 
 
 def _decode(content: bytes, url: str) -> Any:

@@ -20,15 +20,15 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from typing import Any
 
-import httpx
-
 from ..constraints import tgi_grammar
-from ..errors import UpstreamProtocolError, UpstreamUnavailableError, UpstreamValidationError
+from ..errors import UnsupportedRequestError, UpstreamProtocolError, UpstreamUnavailableError
 from .base import Generation, GenerationRequest, StreamDelta
-from .http import redact, status_error, transport_error
+from .client import HTTPClient
+from .http import redact, status_error
 from .openai import constraint_of
 from .tgi import tgi_stream
 
@@ -40,7 +40,7 @@ class VastUpstream:
 
     def __init__(
         self,
-        client: httpx.AsyncClient,
+        client: HTTPClient,
         url: str,
         *,
         api_key: str | None,
@@ -68,13 +68,10 @@ class VastUpstream:
         deadline = time.monotonic() + self._route_wait
         wait = self._poll
         while True:
-            try:
-                response = await self._client.post(route, json=body)
-            except httpx.HTTPError as exc:
-                raise transport_error(exc, route) from exc
-            if response.status_code != 200:
-                raise status_error(response.status_code, response.content, route)
-            raw = response.content.strip()
+            response = await self._client.post(route, json=body)
+            if response.status != 200:
+                raise status_error(response.status, response.body, route)
+            raw = response.body.strip()
             try:
                 ticket = json.loads(raw)
             except ValueError as exc:
@@ -95,7 +92,7 @@ class VastUpstream:
 
     def _payload(self, request: GenerationRequest) -> dict[str, Any]:
         if request.messages is not None:
-            raise UpstreamValidationError(
+            raise UnsupportedRequestError(
                 "Vast's TGI workers have no chat route: chat jobs need TGI_INF_CHAT_TEMPLATE "
                 "(e.g. chatml, llama3) so that messages become a prompt"
             )
@@ -116,14 +113,11 @@ class VastUpstream:
 
     async def generate(self, request: GenerationRequest) -> Generation:
         url, body = await self._prepare(request, "/generate")
+        response = await self._client.post(url, content=body, headers=JSON_HEADERS)
+        if response.status != 200:
+            raise status_error(response.status, response.body, url)
         try:
-            response = await self._client.post(url, content=body, headers=JSON_HEADERS)
-        except httpx.HTTPError as exc:
-            raise transport_error(exc, url) from exc
-        if response.status_code != 200:
-            raise status_error(response.status_code, response.content, url)
-        try:
-            payload = json.loads(response.content)
+            payload = response.json()
         except ValueError as exc:
             raise UpstreamProtocolError(f"Vast worker answered non-JSON at {redact(url)}") from exc
         if isinstance(payload, list) and payload:
@@ -139,15 +133,19 @@ class VastUpstream:
             completion_tokens=details.get("generated_tokens"),
         )
 
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamDelta]:
+    async def stream(self, request: GenerationRequest) -> AsyncGenerator[StreamDelta, None]:
         url, body = await self._prepare(request, "/generate_stream")
         # The worker relays TGI's SSE unchanged.
-        deltas = tgi_stream(self._client, url, content=body, headers=JSON_HEADERS)
-        try:
+        async with aclosing(tgi_stream(self._client, url, content=body, headers=JSON_HEADERS)) as deltas:
             async for delta in deltas:
                 yield delta
-        finally:
-            await deltas.aclose()  # type: ignore[attr-defined]
 
     async def info(self) -> dict[str, Any]:
         return {"model_id": None, "version": None, "engine": "vast", "endpoint": self._endpoint}
+
+    async def health(self) -> None:
+        """Always passes: every call asks the router for a ready worker, which is the real check
+        (asking it here would reserve a worker for nothing)."""
+
+    async def aclose(self) -> None:
+        """Nothing runs in the background here."""
