@@ -1,9 +1,9 @@
 """The Quart app an Infernet node calls: `POST /service_output` and its neighbours.
 
 Use `create_app(settings)` and serve it with uvicorn (see `server` and `worker`). The app's lifespan
-opens the one pooled `httpx.AsyncClient` of the process and closes it at shutdown. Every failure leaves
-as the Ritual JSON error body with the real cause; every success is JSON, except stream jobs, which
-get raw UTF-8 text chunks.
+builds the process's one `Core` (HTTP client, upstream, retries, metrics) and closes it at shutdown.
+Every failure leaves as the Ritual JSON error body with the real cause; every success is JSON, except
+stream jobs, which get raw UTF-8 text chunks.
 """
 
 from __future__ import annotations
@@ -17,36 +17,33 @@ import platform
 import shutil
 import sys
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 from quart import Quart, Response, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from . import __version__, jsontext, onchain
 from .attestation import Notary
 from .config import Settings
+from .core import Core, build_core
 from .drain import Drain
 from .errors import (
     BadJobError,
     InfernetTGIError,
     ShutdownError,
     UnauthorizedError,
-    UpstreamError,
     UpstreamProtocolError,
     UpstreamTimeoutError,
 )
 from .jobs import Job, parse_job
 from .metrics import Metrics
 from .protocol import MAX_JSON_DEPTH, OffchainResult, OnchainResult, Usage
+from .relay import Relay
 from .retry import Sleep
-from .upstream.base import StreamDelta, Upstream
-from .upstream.factory import build_upstream
-from .upstream.transport import PooledClient
-from .workflow import TGIClientInferenceWorkflow
+from .upstream.base import Upstream
 
 log = logging.getLogger("infernet_tgi")
 
@@ -71,8 +68,7 @@ _CONSTRAINT_WORDS = tuple(
 class _Runtime:
     """What the lifespan opens: set while serving, None otherwise."""
 
-    client: httpx.AsyncClient | None = None
-    workflow: TGIClientInferenceWorkflow | None = None
+    core: Core | None = None
     # One thread: parsing hostile bodies in parallel threads would take the GIL from the event loop
     # in turn (each for the interpreter's 5 ms switch interval), slowing every other request.
     parsing: ThreadPoolExecutor | None = None
@@ -107,41 +103,22 @@ def create_app(
         # keeps it for the whole switch interval each time the loop wakes up. 1 ms instead of
         # CPython's 5 ms keeps `GET /` and light jobs fast while hostile schemas are checked.
         sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
-        client = PooledClient(
-            headers=settings.upstream_headers(),
-            cookies=settings.cookies,
-            timeout=settings.timeout,
-            max_connections=settings.max_connections,
-        )
-        workflow = TGIClientInferenceWorkflow(
-            settings.server_url,
-            settings.timeout,
-            retry_params=settings.retry,
-            http_client=client,
-            upstream=upstream if upstream is not None else build_upstream(settings, client, metrics=metrics),
-            metrics=metrics,
-            sleep=sleep,
-            **settings.defaults.tgi_json(),
-        )
-        await workflow.setup()
+        core = build_core(settings, metrics=metrics, sleep=sleep, upstream=upstream)
         parsing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="job-parse")
-        runtime.client, runtime.workflow, runtime.parsing = client, workflow, parsing
+        runtime.core, runtime.parsing = core, parsing
         if settings.attester is not None:
-            runtime.notary = Notary(settings.attester, settings.model, workflow.upstream.info)
+            runtime.notary = Notary(settings.attester, settings.model, core.upstream.info)
         try:
             yield
         finally:
-            runtime.client = runtime.workflow = runtime.parsing = runtime.notary = None
+            runtime.core = runtime.parsing = runtime.notary = None
             parsing.shutdown(wait=False, cancel_futures=True)
-            close = getattr(workflow.upstream, "aclose", None)
-            if close is not None:
-                await close()  # the pool's background health checks
-            await client.aclose()
+            await core.aclose()
 
-    def workflow() -> TGIClientInferenceWorkflow:
-        if runtime.workflow is None:
+    def core() -> Core:
+        if runtime.core is None:
             raise RuntimeError("the app is not serving")
-        return runtime.workflow
+        return runtime.core
 
     @app.before_request
     async def check_bearer() -> None:
@@ -190,7 +167,7 @@ def create_app(
         deadline = time.monotonic() + settings.job_deadline
         try:
             async with drain.limit(settings.job_deadline):
-                generation = await workflow().generate(job.request, deadline=deadline)
+                generation = await core().generate(job.request, deadline=deadline)
         except TimeoutError as exc:
             if drain.expired:
                 raise ShutdownError(_UNFINISHED.format(settings.shutdown_grace)) from exc
@@ -200,7 +177,7 @@ def create_app(
             ) from exc
         if jsontext.has_lone_surrogate(generation.text):
             raise UpstreamProtocolError(
-                f"the answer from {workflow().upstream.url} holds a lone UTF-16 surrogate, "
+                f"the answer from {core().upstream.url} holds a lone UTF-16 surrogate, "
                 "which cannot be encoded as UTF-8 (nor ABI-encoded); the upstream sent broken text"
             )
         signed = runtime.notary is not None and (job.onchain_output or job.requires_proof)
@@ -229,21 +206,22 @@ def create_app(
         deadline = time.monotonic() + settings.stream_deadline
         try:
             async with drain.limit(settings.stream_deadline):
-                deltas = await workflow().open_stream(job.request, deadline=deadline)
+                first, rest = await core().start_stream(job.request, deadline=deadline)
         except TimeoutError as exc:
             if drain.expired:
                 raise ShutdownError(_UNFINISHED.format(settings.shutdown_grace)) from exc
             raise UpstreamTimeoutError(
                 f"stream did not start within {settings.stream_deadline:g} s (TGI_INF_STREAM_DEADLINE)"
             ) from exc
-        text = _TextStream(deltas, deadline, drain, on_close=metrics.in_flight.dec)
+        loop_deadline = asyncio.get_running_loop().time() + (deadline - time.monotonic())
+        text = Relay(first, rest, loop_deadline, drain, on_close=metrics.in_flight.dec)
         response = Response(text, content_type="text/plain; charset=utf-8")
         response.timeout = None  # the stream deadline above is the limit, not Quart's 60 s
         return response
 
     @app.get("/service-resources")
     async def service_resources() -> Response:
-        model_id, engine_version, engine = await _model_info(workflow().upstream)
+        model_id, engine_version, engine = await _model_info(core().upstream)
         wanted = request.args.get("model_id")
         if wanted is not None:
             return _json({"supported": model_id is not None and wanted == model_id})
@@ -288,65 +266,6 @@ def create_app(
         return _json(body, 500)
 
     return app
-
-
-class _TextStream:
-    """The body of a stream job: raw UTF-8 text as it arrives.
-
-    After the first byte there is no error channel: a failure ends the stream (and is logged), as
-    do the stream deadline that keeps us under the node's 60 s cut and the end of the shutdown grace
-    period (the body then ends cleanly, never cut mid-chunk). `aclose` (called by Quart when
-    the response ends, also when the client went away) closes the upstream stream, so the upstream
-    cancels the generation, even if iteration never started.
-    """
-
-    def __init__(
-        self,
-        deltas: AsyncIterator[StreamDelta],
-        deadline: float,
-        drain: Drain,
-        on_close: Callable[[], None],
-    ) -> None:
-        self._deltas = deltas
-        self._deadline = deadline
-        self._drain = drain
-        self._on_close: Callable[[], None] | None = on_close
-
-    def __aiter__(self) -> _TextStream:
-        return self
-
-    async def __anext__(self) -> bytes:
-        while True:
-            remaining = self._deadline - time.monotonic()
-            try:
-                if remaining <= 0:
-                    raise TimeoutError
-                async with self._drain.limit(remaining):
-                    delta = await anext(self._deltas)
-            except TimeoutError:
-                if self._drain.expired:
-                    log.warning("stream ended: the container is shutting down (grace period over)")
-                else:
-                    log.warning("stream stopped at the stream deadline")
-                raise StopAsyncIteration from None
-            except UpstreamError as exc:
-                log.warning("stream ended early: %s", exc.description)
-                raise StopAsyncIteration from None
-            if delta.text:
-                # A lone surrogate from the upstream becomes U+FFFD: the text already sent cannot be
-                # taken back, and raising here would cut the stream mid-body.
-                return jsontext.scrub(delta.text).encode()
-
-    async def aclose(self) -> None:
-        if self._on_close is None:
-            return
-        on_close, self._on_close = self._on_close, None
-        try:
-            close = getattr(self._deltas, "aclose", None)
-            if close is not None:
-                await close()
-        finally:
-            on_close()
 
 
 async def _model_info(upstream: Upstream) -> tuple[str | None, str | None, str | None]:

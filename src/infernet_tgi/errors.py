@@ -8,7 +8,8 @@
     │   ├── ProofNotSupportedError    400 requires_proof without an attestation key, or on a stream
     │   ├── UnauthorizedError         401 the bearer token is missing or wrong
     │   ├── PayloadTooLargeError      413 the body or the prompt is over the operator's limit
-    │   └── ParameterError            422 a generation parameter breaks TGI's rules (TGI's message)
+    │   ├── ParameterError            422 a generation parameter breaks TGI's rules (TGI's message)
+    │   └── UnsupportedRequestError   422 the configured engine has no way to do what the job asks
     ├── ConstraintViolationError      502 the answer breaks the job's response_pool/json_format/grammar
     ├── ShutdownError                 503 the container stopped before the job finished (grace period over)
     └── UpstreamError                 the backend failed; `retryable` says whether to try again
@@ -20,9 +21,9 @@
         ├── UpstreamShardError        503 TGI shard not ready (424) / shard timeout (504) (retryable)
         └── UpstreamProtocolError     502 the backend answered something we cannot read, or a 500
 
-Foreign exceptions (httpx, pydantic, eth-abi) are translated where they enter: httpx in
-`upstream.http`, pydantic in `jobs`, eth-abi in `onchain`. Every error renders as the Ritual JSON
-convention `{"code": "<status>", "name": "<reason>", "description": "<cause>"}`.
+Foreign exceptions (aiohttp, pydantic, eth-abi) are translated where they enter: aiohttp in
+`upstream.http` (called by `upstream.client`), pydantic in `jobs`, eth-abi in `onchain`. Every error
+renders as the Ritual JSON convention `{"code": "<status>", "name": "<reason>", "description": "<cause>"}`.
 """
 
 from __future__ import annotations
@@ -85,6 +86,13 @@ class PayloadTooLargeError(JobError):
 
 class ParameterError(JobError):
     """Raised when a generation parameter breaks TGI's rules, with TGI's own message."""
+
+    status = 422
+
+
+class UnsupportedRequestError(JobError):
+    """Raised when the job asks for something the configured engine cannot do (a parameter with no
+    equivalent there, a chat job on a server without a chat route); refused before any upstream call."""
 
     status = 422
 

@@ -22,6 +22,7 @@ from .errors import (
     PayloadTooLargeError,
     ProofNotSupportedError,
 )
+from .generation import GenerationRequest
 from .protocol import (
     ONCHAIN,
     STREAM,
@@ -31,7 +32,6 @@ from .protocol import (
     OffchainData,
     OutputConstraints,
 )
-from .upstream.base import GenerationRequest
 
 # Ritual's reference words lead (its test suite looks for them); the rest says what to change.
 _NO_PROOF = (

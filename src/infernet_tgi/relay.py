@@ -1,0 +1,101 @@
+"""`Relay`: the body of a stream job, from the upstream's deltas to the bytes the server writes.
+
+Use it as the response body of a stream job (the app does), with the first delta and the rest that
+`Core.start_stream` returned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from contextlib import aclosing
+
+from . import jsontext
+from .drain import Drain
+from .errors import UpstreamError
+from .generation import StreamDelta
+
+log = logging.getLogger("infernet_tgi")
+
+
+class Relay:
+    """The body of a stream job: the text of each delta as UTF-8, as it arrives.
+
+    One loop per stream and one deadline for the whole body (`deadline`, on the event loop's clock):
+    the timer is armed only while the loop waits for the upstream (an `asyncio` timeout through the
+    worker's `Drain`, no task), never across a `yield`, so it cannot fire while the server writes a
+    chunk. After the first byte there is no error channel: a failure ends the stream (and is logged),
+    as do the deadline that keeps us under the node's 60 s cut and the end of the shutdown grace
+    period (the body then ends cleanly). `aclose` (Quart calls it when the response ends, also when
+    the client went away) closes the upstream stream, so the upstream cancels the generation, even if
+    iteration never started."""
+
+    def __init__(
+        self,
+        first: StreamDelta,
+        rest: AsyncGenerator[StreamDelta, None],
+        deadline: float,
+        drain: Drain,
+        on_close: Callable[[], None],
+    ) -> None:
+        self._rest = rest
+        self._drain = drain
+        self._on_close: Callable[[], None] | None = on_close
+        self._body = self._loop(first, deadline)
+
+    def __aiter__(self) -> Relay:
+        return self
+
+    def __anext__(self) -> Awaitable[bytes]:
+        return self._body.__anext__()
+
+    async def _loop(self, first: StreamDelta, deadline: float) -> AsyncGenerator[bytes, None]:
+        rest, drain = self._rest, self._drain
+        clock = asyncio.get_running_loop().time
+        try:
+            async with aclosing(rest):
+                if first.text:
+                    yield _utf8(first.text)
+                if first.finish_reason is not None:
+                    return
+                while True:
+                    async with drain.limit(deadline - clock()):
+                        delta = await anext(rest, None)
+                    if delta is None:
+                        return
+                    if delta.text:
+                        yield _utf8(delta.text)
+        except TimeoutError:
+            if drain.expired:
+                log.warning("stream ended: the container is shutting down (grace period over)")
+            else:
+                log.warning("stream stopped at the stream deadline")
+        except UpstreamError as exc:
+            log.warning("stream ended early: %s", exc.description)
+        finally:
+            await self._finish()
+
+    async def _finish(self) -> None:
+        if self._on_close is None:
+            return
+        on_close, self._on_close = self._on_close, None
+        try:
+            await self._rest.aclose()
+        finally:
+            on_close()
+
+    async def aclose(self) -> None:
+        try:
+            await self._body.aclose()
+        finally:
+            await self._finish()  # the loop never started: its own cleanup did not run
+
+
+def _utf8(text: str) -> bytes:
+    # A lone surrogate from the upstream becomes U+FFFD: the text already sent cannot be taken
+    # back, and raising here would cut the stream mid-body.
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return jsontext.scrub(text).encode()
