@@ -8,7 +8,6 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import pytest
 
 from containerkit import Waits
@@ -17,6 +16,7 @@ from faketgi import FakeTGI, Ok, Reset, Status
 from infernet_tgi.config import Settings
 from infernet_tgi.errors import ConfigError, UpstreamUnavailableError
 from infernet_tgi.upstream.base import GenerationRequest
+from infernet_tgi.upstream.client import HTTPClient
 from infernet_tgi.upstream.native import NativeTGI
 from infernet_tgi.upstream.pool import UpstreamPool
 
@@ -74,7 +74,7 @@ async def test_failover_within_one_attempt_then_skip(
 async def test_overloaded_moves_on_without_marking_down(servers: tuple[FakeTGI, FakeTGI]) -> None:
     a, b = servers
     a.script(Status(429, "Model is overloaded", "overloaded"))
-    async with httpx.AsyncClient() as http:
+    async with HTTPClient() as http:
         pool = UpstreamPool([NativeTGI(http, a.url), NativeTGI(http, b.url)])
         assert (await pool.generate(REQUEST)).text == "echo: hi"
         assert not pool.is_down(0)
@@ -85,13 +85,27 @@ async def test_down_member_returns_after_its_health_check(servers: tuple[FakeTGI
     a, _ = servers
     port = free_port()
     dead = f"http://127.0.0.1:{port}"
-    async with httpx.AsyncClient() as http:
+    async with HTTPClient() as http:
         pool = UpstreamPool([NativeTGI(http, dead), NativeTGI(http, a.url)], recheck_interval=0.05)
         assert (await pool.generate(REQUEST)).text == "echo: hi"
         assert pool.is_down(0)
+        probes: list[str] = []
+
+        async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            probes.append((await reader.readline()).decode().strip())
+            writer.close()  # answers nothing: the health check fails
+
+        server = await asyncio.start_server(refuse, "127.0.0.1", port)
         await asyncio.sleep(0.06)
-        await pool.generate(REQUEST)  # starts a background health check, which fails
-        await asyncio.sleep(0.05)
+        assert (await pool.generate(REQUEST)).text == "echo: hi"  # skips 0, starts its health check
+        for _ in range(100):
+            if probes:
+                break
+            await asyncio.sleep(0.01)
+        server.close()
+        await server.wait_closed()
+        assert probes and set(probes) == {"GET /health HTTP/1.1"}  # the probe ran; no job went to 0
+        await asyncio.sleep(0.02)
         assert pool.is_down(0)
         with FakeTGI(port=port) as revived:
             await pool.check_now()
@@ -116,7 +130,7 @@ async def test_all_down_members_are_still_tried(servers: tuple[FakeTGI, FakeTGI]
     a, b = servers
     a.script(Reset())
     b.script(Reset())
-    async with httpx.AsyncClient() as http:
+    async with HTTPClient() as http:
         pool = UpstreamPool([NativeTGI(http, a.url), NativeTGI(http, b.url)], recheck_interval=60)
         with pytest.raises(UpstreamUnavailableError):
             await pool.generate(REQUEST)
