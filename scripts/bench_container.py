@@ -1,17 +1,23 @@
-"""Benchmark: the container's added latency and throughput, side by side with calling TGI directly.
+"""Benchmark: the container side by side with calling its (fake TGI) backend directly, in one run.
 
-Run `make bench-container`. It starts two fake TGI servers (0 ms and 200 ms per answer) and one container
-in front of each, all as separate processes on 127.0.0.1, then measures in alternating rounds:
+Run `make bench-container` (or `flock /tmp/bench.lock python scripts/bench_container.py --runs 3`). It
+starts fake TGI servers on 127.0.0.1 (0 ms, 200 ms, uniform 100-300 ms per answer, and one streaming
+32 tokens 5 ms apart) and, in front of each, the container through its CLI (`infernet-tgi`, so whatever
+server and worker count the CLI picks are what is measured; `--workers N` passes `--workers N`). Then:
 
-* added latency p50/p99 at concurrency 1 and 64 against the 0 ms backend (container minus direct);
-* throughput at concurrency 256 against the 200 ms backend, as a ratio of direct.
+* added latency at concurrency 1 (p50 / p99, container minus direct), 0 ms backend;
+* CPU per job at concurrency 64, 0 ms backend: CPU time of the container's processes (all workers)
+  over the jobs served, from /proc; "direct" is the fake backend's own CPU per request;
+* throughput at concurrency 256 and 1,024 (200 ms backend) and 256 (uniform 100-300 ms), with the
+  kernel's listen-queue drops during each (ListenDrops / ListenOverflows deltas, /proc/net/netstat,
+  box-wide);
+* streams at concurrency 128 (32 tokens x 5 ms): streams/s and time to first byte p50, and the
+  container's CPU per relayed token;
+* RSS of each container process, idle (before any load) and after everything.
 
-Goals: p50 added <= 1 ms, p99 added <= 5 ms, throughput >= 0.9 x direct. Nothing is asserted; the numbers
-are printed. The container runs with `--workers 2` as the image does (`--workers 1` to compare).
-
-Why the 256 case is hard: a fixed-latency backend keeps the 256 requests in lockstep, so each wave costs
-200 ms plus 256 x (CPU per request). The fake backend needs ~0.07 ms of CPU per request; hypercorn with an
-empty ASGI app alone needs ~0.2 ms here, and the container ~1 ms, which a second worker halves.
+Nothing is asserted. `--runs N` repeats the whole set with fresh processes and prints each row as
+median [min - max]. The load average is printed before and after: numbers from a busy box are not
+comparable with a quiet one.
 """
 
 from __future__ import annotations
@@ -20,20 +26,26 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import socket
 import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
-import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
-JOB = {"source": 1, "destination": 1, "data": {"text": "hello there"}, "requires_proof": False}
 JSON_HEADERS = {"content-type": "application/json"}
-DIRECT = {"inputs": "hello there", "parameters": {"max_new_tokens": 16, "details": True}}
+PROMPT = "hello there"
+JOB = json.dumps({"source": 1, "destination": 1, "data": {"text": PROMPT}, "requires_proof": False}).encode()
+STREAM_JOB = json.dumps({"source": 1, "destination": 2, "data": {"text": PROMPT}}).encode()
+DIRECT = json.dumps({"inputs": PROMPT, "parameters": {"max_new_tokens": 16, "details": True}}).encode()
+DIRECT_STREAM = json.dumps({"inputs": PROMPT, "parameters": {"max_new_tokens": 32, "details": True}}).encode()
+TOKENS = 32
+TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -43,22 +55,24 @@ def free_port() -> int:
 
 
 def wait_ready(url: str, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 20
+    import urllib.request
+
+    deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"{url} exited early")
+            raise SystemExit(f"{url} exited early ({proc.returncode})")
         try:
-            httpx.get(url, timeout=0.5)
-            return
-        except httpx.TransportError:
+            with urllib.request.urlopen(url, timeout=0.5):
+                return
+        except OSError:
             time.sleep(0.05)
     raise SystemExit(f"{url} did not start")
 
 
-def start_fake(delay: float) -> tuple[subprocess.Popen[bytes], str]:
+def start_fake(*flags: str) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "tests" / "faketgi.py"), "--port", str(port), "--delay", str(delay)],
+        [sys.executable, str(ROOT / "tests" / "faketgi.py"), "--port", str(port), *flags],
         stdout=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
@@ -66,7 +80,13 @@ def start_fake(delay: float) -> tuple[subprocess.Popen[bytes], str]:
     return proc, url
 
 
-def start_container(upstream: str, workers: int) -> tuple[subprocess.Popen[bytes], str]:
+def container_command(workers: int | None) -> list[str]:
+    cli = shutil.which("infernet-tgi", path=str(Path(sys.executable).parent)) or shutil.which("infernet-tgi")
+    command = [cli] if cli else [sys.executable, "-m", "infernet_tgi"]
+    return command + ([] if workers is None else ["--workers", str(workers)])
+
+
+def start_container(upstream: str, workers: int | None) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     env = {
         **os.environ,
@@ -75,7 +95,7 @@ def start_container(upstream: str, workers: int) -> tuple[subprocess.Popen[bytes
         "TGI_INF_LOG_LEVEL": "WARNING",
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "infernet_tgi", "--port", str(port), "--workers", str(workers)],
+        [*container_command(workers), "--host", "127.0.0.1", "--port", str(port)],
         env=env,
         stdout=subprocess.DEVNULL,
     )
@@ -84,21 +104,92 @@ def start_container(upstream: str, workers: int) -> tuple[subprocess.Popen[bytes
     return proc, url
 
 
-async def timed_requests(
-    client: aiohttp.ClientSession, url: str, body: dict[str, object], total: int, concurrency: int
+# --- /proc readings -------------------------------------------------------------------------------
+
+
+def tree(pid: int) -> list[int]:
+    """`pid` and all its descendants."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rpartition(")")[2].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        out.append(current)
+        todo += children.get(current, [])
+    return out
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime + stime
+    return total / TICKS
+
+
+def rss_mb(pids: list[int]) -> list[float]:
+    out = []
+    for pid in pids:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        for line in status.splitlines():
+            if line.startswith("VmRSS:"):
+                out.append(int(line.split()[1]) / 1024)
+    return out
+
+
+def serving(pids: list[int]) -> list[int]:
+    """The processes that serve (a supervisor that only spawns workers has no upstream pool)."""
+    return pids if len(pids) == 1 else pids[1:]
+
+
+def listen_drops() -> int:
+    lines = Path("/proc/net/netstat").read_text().splitlines()
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:"):
+            table = dict(zip(names.split()[1:], map(int, values.split()[1:]), strict=True))
+            return table.get("ListenDrops", 0) + table.get("ListenOverflows", 0)
+    return 0
+
+
+# --- load -----------------------------------------------------------------------------------------
+
+
+FAILED: dict[str, int] = {}  # url -> requests that got no answer (connection reset or refused)
+
+
+async def requests(
+    session: aiohttp.ClientSession, url: str, body: bytes, total: int, concurrency: int
 ) -> tuple[list[float], float]:
-    """Latencies of `total` requests sent by `concurrency` workers, and the wall time they took."""
+    """Latencies of `total` POSTs sent by `concurrency` workers, and the wall time they took. A
+    request without an answer is counted in FAILED (and costs its time); a non-200 answer stops."""
     latencies: list[float] = []
     remaining = total
-    payload = json.dumps(body).encode()
 
     async def worker() -> None:
         nonlocal remaining
         while remaining > 0:
             remaining -= 1
             started = time.perf_counter()
-            async with client.post(url, data=payload, headers=JSON_HEADERS) as response:
-                text = await response.read()
+            try:
+                async with session.post(url, data=body, headers=JSON_HEADERS) as response:
+                    text = await response.read()
+            except aiohttp.ClientError:
+                FAILED[url] = FAILED.get(url, 0) + 1
+                continue
             latencies.append(time.perf_counter() - started)
             if response.status != 200:
                 raise SystemExit(f"{url}: HTTP {response.status} {text[:200]!r}")
@@ -108,83 +199,209 @@ async def timed_requests(
     return latencies, time.perf_counter() - started
 
 
+async def streams(
+    session: aiohttp.ClientSession, url: str, body: bytes, total: int, concurrency: int
+) -> tuple[list[float], float]:
+    """Time to first byte of `total` streams read to the end by `concurrency` workers, and the wall time."""
+    firsts: list[float] = []
+    remaining = total
+
+    async def worker() -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            started = time.perf_counter()
+            async with session.post(url, data=body, headers=JSON_HEADERS) as response:
+                if response.status != 200:
+                    raise SystemExit(f"{url}: HTTP {response.status} {(await response.read())[:200]!r}")
+                first = True
+                async for _ in response.content.iter_any():
+                    if first:
+                        firsts.append(time.perf_counter() - started)
+                        first = False
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return firsts, time.perf_counter() - started
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def latency_pair(
-    client: aiohttp.ClientSession, direct: str, container: str, concurrency: int, total: int, rounds: int
-) -> None:
-    d_all: list[float] = []
-    c_all: list[float] = []
-    for _ in range(rounds):  # alternate so drift hits both sides alike
-        d, _ = await timed_requests(client, direct, DIRECT, total, concurrency)
-        c, _ = await timed_requests(client, container, JOB, total, concurrency)
-        d_all += d
-        c_all += c
-    d50, d99 = pct(d_all, 0.5) * 1e3, pct(d_all, 0.99) * 1e3
-    c50, c99 = pct(c_all, 0.5) * 1e3, pct(c_all, 0.99) * 1e3
-    print(
-        f"concurrency {concurrency:>3} (0 ms backend, {len(c_all)} requests each): "
-        f"direct p50 {d50:.2f} ms p99 {d99:.2f} ms | container p50 {c50:.2f} ms p99 {c99:.2f} ms | "
-        f"added p50 {c50 - d50:+.2f} ms p99 {c99 - d99:+.2f} ms"
-    )
+@dataclass
+class Side:
+    """One backend, called directly and through its container."""
+
+    fake: subprocess.Popen[bytes]
+    direct: str
+    container: subprocess.Popen[bytes]
+    job: str
 
 
-async def throughput_pair(
-    client: aiohttp.ClientSession, direct: str, container: str, concurrency: int, total: int, rounds: int
-) -> None:
-    d_rates: list[float] = []
-    c_rates: list[float] = []
-    for _ in range(rounds):
-        _, d_wall = await timed_requests(client, direct, DIRECT, total, concurrency)
-        _, c_wall = await timed_requests(client, container, JOB, total, concurrency)
-        d_rates.append(total / d_wall)
-        c_rates.append(total / c_wall)
-    d, c = statistics.median(d_rates), statistics.median(c_rates)
-    print(
-        f"concurrency {concurrency} (200 ms backend, {total} requests x {rounds} rounds): "
-        f"direct {d:.0f} req/s | container {c:.0f} req/s | ratio {c / d:.3f}"
-    )
+Row = dict[str, float]
 
 
-async def run(args: argparse.Namespace) -> None:
+async def measure(args: argparse.Namespace, sides: dict[str, Side]) -> Row:
+    row: Row = {}
+    n = args.scale
+    connector = aiohttp.TCPConnector(limit=0, force_close=False)
+    timeout = aiohttp.ClientTimeout(total=300)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        fast, slow, uniform, stream = sides["fast"], sides["slow"], sides["uniform"], sides["stream"]
+        for side in sides.values():  # warm up connections and code paths
+            body = STREAM_JOB if side is stream else JOB
+            await requests(session, side.job, body, 64, 8)
+
+        # concurrency 1, 0 ms backend: alternate so drift hits both sides alike
+        d_all: list[float] = []
+        c_all: list[float] = []
+        for _ in range(3):
+            d_all += (await requests(session, fast.direct, DIRECT, 200 * n, 1))[0]
+            c_all += (await requests(session, fast.job, JOB, 200 * n, 1))[0]
+        row["c1 direct p50 ms"] = pct(d_all, 0.5) * 1e3
+        row["c1 direct p99 ms"] = pct(d_all, 0.99) * 1e3
+        row["c1 added p50 ms"] = (pct(c_all, 0.5) - pct(d_all, 0.5)) * 1e3
+        row["c1 added p99 ms"] = (pct(c_all, 0.99) - pct(d_all, 0.99)) * 1e3
+
+        # CPU per job, concurrency 64, 0 ms backend
+        jobs = 2000 * n
+        backend = tree(fast.fake.pid)
+        before = cpu_seconds(backend)
+        await requests(session, fast.direct, DIRECT, jobs, 64)
+        row["c64 direct CPU/job ms"] = (cpu_seconds(backend) - before) / jobs * 1e3
+        pids = tree(fast.container.pid)
+        before = cpu_seconds(pids)
+        await requests(session, fast.job, JOB, jobs, 64)
+        row["c64 container CPU/job ms"] = (cpu_seconds(pids) - before) / jobs * 1e3
+
+        # throughput against slow backends, with listen drops
+        for name, side, concurrency, waves in (
+            ("c256", slow, 256, 8),
+            ("c1024", slow, 1024, 4),
+            ("c256 uniform", uniform, 256, 8),
+        ):
+            total = concurrency * waves * n
+            FAILED.clear()
+            _, wall = await requests(session, side.direct, DIRECT, total, concurrency)
+            drops = listen_drops()
+            _, c_wall = await requests(session, side.job, JOB, total, concurrency)
+            row[f"{name} direct req/s"] = total / wall
+            row[f"{name} ratio"] = wall / c_wall
+            row[f"{name} listen drops"] = listen_drops() - drops
+            row[f"{name} resets"] = FAILED.get(side.job, 0)
+
+        # streams: 128 at a time, 32 tokens x 5 ms
+        total = 128 * 4 * n
+        d_first, d_wall = await streams(session, stream.direct, DIRECT_STREAM, total, 128)
+        pids = tree(stream.container.pid)
+        before = cpu_seconds(pids)
+        c_first, c_wall = await streams(session, stream.job, STREAM_JOB, total, 128)
+        spent = cpu_seconds(pids) - before
+        row["streams direct /s"] = total / d_wall
+        row["streams ratio"] = d_wall / c_wall
+        row["streams direct TTFB p50 ms"] = pct(d_first, 0.5) * 1e3
+        row["streams added TTFB p50 ms"] = (pct(c_first, 0.5) - pct(d_first, 0.5)) * 1e3
+        row["CPU per relayed token us"] = spent / (total * TOKENS) * 1e6
+    return row
+
+
+async def run_once(args: argparse.Namespace) -> Row:
     procs: list[subprocess.Popen[bytes]] = []
-    print(f"container workers: {args.workers}; load average {os.getloadavg()[0]:.2f}")
+    words = " ".join(f"w{i}" for i in range(TOKENS))
     try:
-        fast, fast_url = start_fake(0.0)
-        slow, slow_url = start_fake(0.2)
-        procs += [fast, slow]
-        c_fast, c_fast_url = start_container(fast_url, args.workers)
-        c_slow, c_slow_url = start_container(slow_url, args.workers)
-        procs += [c_fast, c_slow]
-        # The load generator uses aiohttp: httpx's own pool would be the bottleneck at 256.
-        connector = aiohttp.TCPConnector(limit=512)
-        async with aiohttp.ClientSession(connector=connector) as client:
-            direct_fast, direct_slow = fast_url + "/generate", slow_url + "/generate"
-            job_fast, job_slow = c_fast_url + "/service_output", c_slow_url + "/service_output"
-            await timed_requests(client, direct_fast, DIRECT, 200, 8)  # warm up connections
-            await timed_requests(client, job_fast, JOB, 200, 8)
-            await latency_pair(client, direct_fast, job_fast, 1, args.requests // 4, args.rounds)
-            await latency_pair(client, direct_fast, job_fast, 64, args.requests, args.rounds)
-            await timed_requests(client, job_slow, JOB, 256, 256)
-            await throughput_pair(client, direct_slow, job_slow, 256, args.requests * 2, args.rounds)
+        fakes = {
+            "fast": start_fake("--delay", "0"),
+            "slow": start_fake("--delay", "0.2"),
+            "uniform": start_fake("--delay", "0.1", "--delay-max", "0.3"),
+            "stream": start_fake("--token-delay", "0.005", "--text", words),
+        }
+        procs += [proc for proc, _ in fakes.values()]
+        sides = {}
+        for name, (proc, url) in fakes.items():
+            container, job_url = start_container(url, args.workers)
+            procs.append(container)
+            sides[name] = Side(proc, url + ("/generate_stream" if name == "stream" else "/generate"),
+                               container, job_url + "/service_output")
+        await asyncio.sleep(1.0)  # let every worker finish importing before the idle reading
+        containers = [tree(side.container.pid) for side in sides.values()]
+        idle = [mb for pids in containers for mb in rss_mb(serving(pids))]
+        row = await measure(args, sides)
+        after = [mb for pids in containers for mb in rss_mb(serving(pids))]
+        row["RSS idle MB (max process)"] = max(idle)
+        row["RSS after MB (max process)"] = max(after)
+        row["container processes"] = len(containers[0])
+        return row
     finally:
-        for proc in procs:
+        for proc in reversed(procs):
             proc.terminate()
         for proc in procs:
-            proc.wait(10)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def summary(rows: list[Row]) -> None:
+    def cell(key: str, fmt: str) -> str:
+        values = [row[key] for row in rows]
+        mid = statistics.median(values)
+        if len(values) == 1:
+            return format(mid, fmt)
+        return f"{format(mid, fmt)} [{format(min(values), fmt)} - {format(max(values), fmt)}]"
+
+    table = [
+        ("added latency, concurrency 1, 0 ms backend: p50 / p99",
+         f"{cell('c1 direct p50 ms', '.2f')} / {cell('c1 direct p99 ms', '.2f')} ms",
+         f"+{cell('c1 added p50 ms', '.2f')} / +{cell('c1 added p99 ms', '.2f')} ms"),
+        ("CPU per job, concurrency 64, 0 ms backend",
+         f"{cell('c64 direct CPU/job ms', '.3f')} ms (backend)",
+         f"{cell('c64 container CPU/job ms', '.3f')} ms"),
+        ("throughput, concurrency 256, 200 ms backend",
+         f"{cell('c256 direct req/s', '.0f')} req/s",
+         f"{cell('c256 ratio', '.2f')}x, listen drops {cell('c256 listen drops', '.0f')}, "
+         f"no answer {cell('c256 resets', '.0f')}"),
+        ("throughput, concurrency 1,024, 200 ms backend",
+         f"{cell('c1024 direct req/s', '.0f')} req/s",
+         f"{cell('c1024 ratio', '.2f')}x, listen drops {cell('c1024 listen drops', '.0f')}, "
+         f"no answer {cell('c1024 resets', '.0f')}"),
+        ("throughput, concurrency 256, backend uniform 100-300 ms",
+         f"{cell('c256 uniform direct req/s', '.0f')} req/s",
+         f"{cell('c256 uniform ratio', '.2f')}x, listen drops {cell('c256 uniform listen drops', '.0f')}, "
+         f"no answer {cell('c256 uniform resets', '.0f')}"),
+        ("streams, concurrency 128, 32 tokens x 5 ms: streams/s, TTFB p50",
+         f"{cell('streams direct /s', '.0f')}/s, {cell('streams direct TTFB p50 ms', '.1f')} ms",
+         f"{cell('streams ratio', '.2f')}x, +{cell('streams added TTFB p50 ms', '.1f')} ms"),
+        ("CPU per relayed token", "-", f"{cell('CPU per relayed token us', '.1f')} us"),
+        ("RSS per process, idle / after the benchmark", "-",
+         f"{cell('RSS idle MB (max process)', '.0f')} / {cell('RSS after MB (max process)', '.0f')} MB"),
+    ]
+    width = max(len(name) for name, _, _ in table)
+    print(f"| {'measure':<{width}} | direct | container |")
+    print(f"|{'-' * (width + 2)}|---|---|")
+    for name, direct, container in table:
+        print(f"| {name:<{width}} | {direct} | {container} |")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=2000, help="requests per measurement")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per measurement")
-    parser.add_argument(
-        "--workers", type=int, default=2, help="container worker processes (2: the image default)"
-    )
-    asyncio.run(run(parser.parse_args()))
+    parser.add_argument("--runs", type=int, default=1, help="repeat everything; rows show median [min - max]")
+    parser.add_argument("--workers", type=int, help="pass --workers N to the CLI (default: the CLI's own)")
+    parser.add_argument("--scale", type=int, default=1, help="multiply the request counts")
+    args = parser.parse_args()
+    workers = "the CLI's default" if args.workers is None else str(args.workers)
+    print(f"container: {' '.join(container_command(args.workers))} (workers: {workers}); "
+          f"{os.cpu_count()} CPUs; load average before {os.getloadavg()[0]:.2f}", flush=True)
+    rows = []
+    for index in range(args.runs):
+        row = asyncio.run(run_once(args))
+        rows.append(row)
+        values = ", ".join(f"{key} {value:.3g}" for key, value in row.items())
+        print(f"run {index + 1}/{args.runs}: {values}", flush=True)
+    print(f"load average after {os.getloadavg()[0]:.2f} (1 min) {os.getloadavg()[1]:.2f} (5 min); "
+          f"{rows[0]['container processes']:.0f} container processes each")
+    summary(rows)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import socket
 import struct
 import threading
@@ -27,6 +28,7 @@ class Ok:
     delay: float = 0.0
     token_delay: float = 0.0
     special_eos: bool = True
+    delay_max: float | None = None  # when set, each delay is drawn uniformly from [delay, delay_max]
 
 
 @dataclass(frozen=True)
@@ -193,7 +195,9 @@ class FakeTGI:
             await _sse(writer, {"error": behaviour.message, "error_type": behaviour.error_type})
             return False
         text = behaviour.text if behaviour.text is not None else f"echo: {inputs}"
-        if behaviour.delay:
+        if behaviour.delay_max is not None:
+            await asyncio.sleep(random.uniform(behaviour.delay, behaviour.delay_max))
+        elif behaviour.delay:
             await asyncio.sleep(behaviour.delay)
         if not streaming:
             tokens = text.split(" ")
@@ -327,9 +331,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Fake TGI with a fixed latency, on 127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--delay", type=float, default=0.0, help="seconds before each answer")
+    parser.add_argument("--delay-max", type=float, help="draw each delay uniformly from [delay, this]")
+    parser.add_argument("--token-delay", type=float, default=0.0, help="seconds before each stream token")
     parser.add_argument("--text", default="fixed answer text")
     args = parser.parse_args()
-    with FakeTGI(default=Ok(text=args.text, delay=args.delay), port=args.port) as server:
+    default = Ok(text=args.text, delay=args.delay, delay_max=args.delay_max, token_delay=args.token_delay)
+    with FakeTGI(default=default, port=args.port) as server:
         print(f"faketgi ready on {server.url}", flush=True)
         while True:
             time.sleep(3600)
