@@ -2,7 +2,7 @@
 checks), the retry policy, and the metrics.
 
 Use `build_core(settings, metrics=...)` once per process (the app's lifespan does, and so does
-`TGIClientInferenceWorkflow.setup()` when used on its own), then `generate` / `open_stream`, and
+`TGIClientInferenceWorkflow.setup()` when used on its own), then `generate` / `start_stream`, and
 `aclose` at the end. The core owns the process's `HTTPClient` and closes it.
 """
 
