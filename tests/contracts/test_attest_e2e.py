@@ -8,6 +8,7 @@ would read them to configure the verifier and the consumer.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,11 @@ import pytest
 from attestkit import AttestedStack, deploy_attested, stored
 from chainkit import Accounts, start_container, stop
 from eth_abi import decode, encode
+from eth_account import Account
+from eth_account.messages import encode_typed_data
+from eth_utils import keccak
 from node_codec import delivery_from_result
+from node_double import NodeDouble
 from web3 import Web3
 
 import chain
@@ -112,3 +117,46 @@ def test_real_proof_against_other_expectations_is_refused(
     assert (verdict["valid"], verdict["status"]) == (False, status)
     assert chain.events(stack.prompter.events.AnswerRejected, receipt)[0]["status"] == status
     assert stored(stack, sub_id) == [] and stack.balance(stack.node_wallet) < before  # slashed
+
+
+def test_offchain_job_through_the_node_carries_a_checkable_proof(
+    attested_url: str, published: tuple[str, str]
+) -> None:
+    """`POST /api/jobs` with requires_proof: the node stores the container's JSON, whose proof anyone
+    recomputes from the question and answer text alone (abi.encode(string) of each)."""
+    node = NodeDouble({chain.CONTAINER_ID: attested_url})
+    node_url = node.start()
+    try:
+        job = {"containers": [chain.CONTAINER_ID], "data": {"text": "Is fire hot?"}, "requires_proof": True}
+        job_id = httpx.post(node_url + "/api/jobs", json=job, timeout=10).json()["id"]
+        deadline = time.monotonic() + 120
+        while (found := httpx.get(node_url + "/api/jobs", params={"id": job_id}).json()[0])[
+            "status"
+        ] == "running":
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+    finally:
+        node.stop()
+    output = found["result"]["output"]
+    attester, model = published
+    assert output["attester"] == attester
+    input_hash, output_hash, model_hash, signature = decode(
+        ["bytes32", "bytes32", "bytes32", "bytes"], bytes.fromhex(output["proof"])
+    )
+    assert input_hash == keccak(encode(["string"], ["Is fire hot?"]))
+    assert output_hash == keccak(encode(["string"], [output["output"]]))
+    assert model_hash == keccak(model.encode())
+    typed = {
+        "types": {
+            "EIP712Domain": [
+                {"name": "name", "type": "string"},
+                {"name": "version", "type": "string"},
+                {"name": "chainId", "type": "uint256"},
+            ],
+            "Attestation": [{"name": n, "type": "bytes32"} for n in ("inputHash", "outputHash", "modelHash")],
+        },
+        "primaryType": "Attestation",
+        "domain": {"name": "InfernetTGIAttestation", "version": "1", "chainId": 31337},
+        "message": {"inputHash": input_hash, "outputHash": output_hash, "modelHash": model_hash},
+    }
+    assert Account.recover_message(encode_typed_data(full_message=typed), signature=signature) == attester
