@@ -283,3 +283,22 @@ async def test_engine_without_model_id_fails_the_job_clearly(app_for: Any, fake:
     finally:
         fake.model_id = FakeTGI.model_id
     assert status == 503 and "TGI_INF_MODEL" in answer["description"]
+
+
+async def test_fixed_job_through_the_app_gives_the_golden_proof(app_for: Any, fake: FakeTGI) -> None:
+    """The golden vector end to end: the vector's key, its question as on-chain input, the engine
+    answering its text, the model named by TGI_INF_MODEL: the container returns exactly its proof."""
+    env = env_for(
+        fake.url,
+        TGI_INF_ATTESTATION_KEY=KEY,
+        TGI_INF_ATTESTATION_CHAIN_ID=str(VECTOR["chain_id"]),
+        TGI_INF_MODEL=VECTOR["model_id"],
+    )
+    client = await app_for(env)
+    (answer,) = decode(["string"], bytes.fromhex(VECTOR["raw_output"]))
+    fake.script(Ok(text=answer))
+    body = {"source": 0, "destination": 0, "data": VECTOR["raw_input"], "requires_proof": True}
+    status, result = await post(client, body)
+    assert status == 200
+    assert (result["raw_input"], result["raw_output"]) == (VECTOR["raw_input"], VECTOR["raw_output"])
+    assert result["proof"] == VECTOR["proof"]
