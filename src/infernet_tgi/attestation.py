@@ -39,7 +39,6 @@ DOMAIN_NAME = "InfernetTGIAttestation"
 DOMAIN_VERSION = "1"
 ATTESTATION_TYPE = "Attestation(bytes32 inputHash,bytes32 outputHash,bytes32 modelHash)"
 DOMAIN_TYPE = "EIP712Domain(string name,string version,uint256 chainId)"
-PROOF_TYPES = ("bytes32", "bytes32", "bytes32", "bytes")
 _KEY_HEX = re.compile(r"(0x)?([0-9a-fA-F]{64})")
 _INFO_TIMEOUT = 5.0  # seconds for the engine's info when the model id must be read from it
 _MAX_KEY_FILE = 4096  # a key file is 64 hex digits and maybe a newline; anything far bigger is not one
@@ -66,10 +65,13 @@ def domain_separator(chain_id: int) -> bytes:
 
 def attestation_digest(chain_id: int, input_hash: bytes, output_hash: bytes, model_hash: bytes) -> bytes:
     """The 32-byte EIP-712 digest that is signed (what `LLMAttestation.digest` computes on-chain)."""
-    struct_hash = keccak256(
-        encode(["bytes32"] * 4, [_ATTESTATION_TYPEHASH, input_hash, output_hash, model_hash])
-    )
-    return keccak256(b"\x19\x01" + domain_separator(chain_id) + struct_hash)
+    return _digest(domain_separator(chain_id), input_hash, output_hash, model_hash)
+
+
+def _digest(domain: bytes, input_hash: bytes, output_hash: bytes, model_hash: bytes) -> bytes:
+    # abi.encode of four bytes32 is their concatenation; writing it out costs far less than eth-abi.
+    struct_hash = keccak256(_ATTESTATION_TYPEHASH + input_hash + output_hash + model_hash)
+    return keccak256(b"\x19\x01" + domain + struct_hash)
 
 
 @dataclass(frozen=True)
@@ -82,13 +84,28 @@ class Attestation:
     signature: bytes
 
     def proof(self) -> bytes:
-        return encode(list(PROOF_TYPES), [self.input_hash, self.output_hash, self.model_hash, self.signature])
+        """abi.encode(bytes32, bytes32, bytes32, bytes): three words, the offset of the bytes (0x80),
+        their length (65), and the signature padded to 96 bytes. Written out because eth-abi's encoder
+        costs more than the signature; the golden vector test holds it to eth-abi's bytes."""
+        if len(self.signature) != 65:
+            raise ValueError("an attestation signature is 65 bytes")
+        return b"".join(
+            (
+                self.input_hash,
+                self.output_hash,
+                self.model_hash,
+                (0x80).to_bytes(32, "big"),
+                (65).to_bytes(32, "big"),
+                self.signature,
+                bytes(31),
+            )
+        )
 
 
 class Attester:
     """A secp256k1 key and the chain id it signs for. Its repr shows the address, never the key."""
 
-    __slots__ = ("_key", "address", "chain_id")
+    __slots__ = ("_domain", "_key", "address", "chain_id")
 
     def __init__(self, secret: bytes, chain_id: int) -> None:
         try:
@@ -97,6 +114,7 @@ class Attester:
             raise ConfigError(f"{KEY_VAR}: not a valid secp256k1 private key") from exc
         self._key = key
         self.chain_id = chain_id
+        self._domain = domain_separator(chain_id)
         public = key.public_key.format(compressed=False)[1:]
         self.address = _checksum(keccak256(public)[12:])
 
@@ -128,7 +146,7 @@ class Attester:
         (tens of microseconds), so it runs inline on the event loop."""
         input_hash, output_hash = keccak256(raw_input), keccak256(raw_output)
         model_hash = keccak256(model_id.encode())
-        digest = attestation_digest(self.chain_id, input_hash, output_hash, model_hash)
+        digest = _digest(self._domain, input_hash, output_hash, model_hash)
         # libsecp256k1 signs deterministically (RFC 6979) with low s; it returns r || s || recid.
         rsv = self._key.sign_recoverable(digest, hasher=None)
         signature = rsv[:64] + bytes([27 + rsv[64]])

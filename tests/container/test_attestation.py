@@ -89,6 +89,10 @@ def test_signature_is_low_s_with_v_27_or_28_and_bound_to_the_chain() -> None:
         sig = attester.attest(b"in%d" % i, b"out", "m").signature
         assert len(sig) == 65 and sig[64] in (27, 28)
         assert int.from_bytes(sig[32:64], "big") <= SECP256K1_N // 2
+        assert attester.attest(b"in%d" % i, b"out", "m").proof() == encode(  # the written-out layout
+            ["bytes32", "bytes32", "bytes32", "bytes"],
+            [keccak(b"in%d" % i), keccak(b"out"), keccak(b"m"), sig],
+        )
     one = attester.attest(b"q", b"a", "m").proof().hex()
     assert recover(one, 1)[3] == attester.address
     assert recover(one, 31337)[3] != attester.address  # another chain's verifier sees another signer
