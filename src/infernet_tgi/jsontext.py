@@ -1,13 +1,14 @@
-"""Untrusted JSON text: parsed with a nesting bound, and strings checked for lone surrogates.
+"""Untrusted JSON text: parsed with bounds on nesting and size, strings checked for lone surrogates.
 
 Use `loads` instead of `json.loads` on anything a job or an upstream controls (the request body,
 on-chain parametersJson, a constrained answer), and `lone_surrogate` / `scrub` on text that leaves
 the container. Python's `json` recurses once per nesting level and raises RecursionError about 1,000
 levels down (and jsonschema and pydantic recurse further on what it returns), so the depth is bounded
-*before* parsing by one linear scan (about 0.2 s for a 1 MiB body of brackets: callers run large
-inputs off the event loop). `json` also turns `"\\ud800"` into a lone UTF-16 surrogate, which
-no UTF-8 encoder accepts later (a response body, an ABI string, the upstream request); such strings
-are refused here with the place they occur.
+*before* parsing by one linear scan, in steps short enough to let the event loop run when callers put
+large inputs in a worker thread; the same scan bounds the number of values, because `json.loads`
+holds the GIL from start to end. `json` also turns `"\\ud800"` into a lone UTF-16 surrogate, which no
+UTF-8 encoder accepts later (a response body, an ABI string, the upstream request); such strings are
+refused here with the place they occur.
 """
 
 from __future__ import annotations
@@ -15,32 +16,53 @@ from __future__ import annotations
 import json
 import operator
 import re
-from itertools import accumulate
+from itertools import accumulate, count
 from typing import Any
 
-# A JSON string literal (unrolled loop: linear, no backtracking), or a run of anything that is
-# neither a bracket nor a quote. Removing both leaves only the brackets outside strings.
-_NOT_BRACKETS = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[^\[\]{}"]+', re.DOTALL)
-# Openers as 2 and closers as 0: the running sum of the first i+1 steps is then depth + i + 1.
+# A JSON string literal (unrolled loop: linear, no backtracking), a run of text outside strings, or
+# a stray quote (an unterminated string: json.loads refuses the text later).
+_TOKENS = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[^"]+|"', re.DOTALL)
+# Openers as 2 and closers as 0, everything else deleted: the running sum over the first i steps,
+# started at depth d, is then d + (depth change) + i.
 _DEPTH_STEP = bytes.maketrans(b"[{]}", b"\x02\x02\x00\x00")
+_NOT_A_BRACKET = bytes(sorted(set(range(256)) - set(b"[]{}")))
+# Brackets summed per C-level call. The calls hold the GIL, so they stay short (~1 ms): this runs in
+# a worker thread, and the event loop gets the GIL back between them.
+_CHUNK = 8 * 1024
 _SURROGATE = re.compile("[\ud800-\udfff]")
+# Values in one JSON text: far above any job (a JSON schema has at most 2,000), low enough that
+# parsing takes a few milliseconds.
+MAX_VALUES = 20_000
 
 
 def nesting_depth(text: str) -> int:
     """How deep the brackets of JSON `text` nest (strings ignored); linear in `len(text)`."""
-    brackets = _NOT_BRACKETS.sub("", text)
-    openers = brackets.count("[") + brackets.count("{")
-    if openers <= 1:
-        return openers
-    steps = brackets.encode().translate(_DEPTH_STEP)
-    # C-level iterators only (about 0.2 us a bracket): no Python code runs per character.
-    depth: int = max(map(operator.sub, accumulate(steps), range(1, len(steps) + 1)))
-    return depth
+    return shape(text)[0]
 
 
-def loads(raw: str | bytes, *, max_depth: int) -> Any:
+def shape(text: str) -> tuple[int, int]:
+    """How deep the brackets of JSON `text` nest, and how many commas separate its values (both
+    outside strings); linear in `len(text)`."""
+    depth = deepest = commas = 0
+    for token in _TOKENS.finditer(text):
+        run = token.group()
+        if run[0] == '"':
+            continue
+        commas += run.count(",")
+        steps = run.encode().translate(_DEPTH_STEP, _NOT_A_BRACKET)
+        for start in range(0, len(steps), _CHUNK):
+            chunk = steps[start : start + _CHUNK]
+            depths = list(map(operator.sub, accumulate(chunk, initial=depth), count()))
+            deepest = max(deepest, max(depths))
+            depth = depths[-1]
+    return deepest, commas
+
+
+def loads(raw: str | bytes, *, max_depth: int, max_values: int = MAX_VALUES) -> Any:
     """`raw` parsed as JSON; `ValueError` saying what is wrong when it is not UTF-8, not JSON, nested
-    deeper than `max_depth`, or holds a lone surrogate. `NaN`, `Infinity` and numbers too large for
+    deeper than `max_depth`, has more than about `max_values` values (counted by the commas between
+    them: json.loads holds the GIL throughout, ~50 ms per 100,000 values), or holds a lone
+    surrogate. `NaN`, `Infinity` and numbers too large for
     a float (`1e999`) parse as Python's non-finite floats: the typed layer above refuses them where
     a number matters, with the parameter's name."""
     if isinstance(raw, bytes):
@@ -50,9 +72,13 @@ def loads(raw: str | bytes, *, max_depth: int) -> Any:
             raise ValueError(f"not UTF-8 (byte {exc.start}: {raw[exc.start : exc.start + 1]!r})") from exc
     else:
         text = raw
-    depth = nesting_depth(text)
-    if depth > max_depth:
-        raise ValueError(f"nested {depth} levels deep; at most {max_depth} are accepted")
+    # Fast path: counted in strings too, fewer openers and commas than the limits prove the shape.
+    if text.count("[") + text.count("{") > max_depth or text.count(",") >= max_values:
+        depth, commas = shape(text)
+        if depth > max_depth:
+            raise ValueError(f"nested {depth} levels deep; at most {max_depth} are accepted")
+        if commas >= max_values:
+            raise ValueError(f"holds more than {max_values} values; at most {max_values} are accepted")
     value = json.loads(text)
     where = lone_surrogate(value)
     if where is not None:

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 from eth_abi.abi import decode, encode
 
-from containerkit import RunningContainer, env_for
+from containerkit import RunningContainer, assert_responsive, env_for, probe_while
 from faketgi import FakeTGI, Ok
 
 BEARER = "s3cret-bearer"
@@ -74,6 +75,30 @@ def test_deep_bodies_are_400s_wherever_the_nesting_is(container: str, fake: Fake
     quoted = {"source": 1, "destination": 1, "data": {"text": "[" * 5000 + '"{'}}
     assert post(container, json.dumps(quoted)).json()["output"] == "fine"
     assert engine_calls(fake) == 1
+
+
+def test_bodies_of_too_many_values_are_400s(container: str, fake: FakeTGI) -> None:
+    many = {"source": 1, "destination": 1, "data": {"text": "hi", "parameters": {"stop": ["x"] * 30_000}}}
+    error(post(container, json.dumps(many)), 400, "holds more than 20000 values")
+    fake.script(Ok(text="fine"))
+    commas = {"source": 1, "destination": 1, "data": {"text": "a," * 25_000}}  # commas in a string
+    assert post(container, json.dumps(commas)).json()["output"] == "fine"
+
+
+def test_event_loop_stays_free_while_megabyte_bodies_are_refused(container: str, fake: FakeTGI) -> None:
+    brackets = "[" * 500_000 + "]" * 500_000
+    objects = json.dumps([{"a": 1}] * 100_000)
+    statuses: list[int] = []
+    latencies: list[float] = []
+    with ThreadPoolExecutor(6) as pool:
+        for body in (brackets, objects):
+            assert len(body) < 1_048_576  # under TGI_INF_MAX_BODY_BYTES: the container must parse it
+            futures = [pool.submit(post, container, body) for _ in range(6)]
+            latencies += probe_while(container, futures)
+            statuses += [f.result().status_code for f in futures]
+    assert statuses == [400] * 12
+    assert_responsive(latencies)
+    assert engine_calls(fake) == 0
 
 
 def test_deep_onchain_parameters_json_is_a_400(container: str, fake: FakeTGI) -> None:
