@@ -10,6 +10,10 @@
 // against the real SDK instead, point INFERNET_SDK_DIR at a checkout of ritual-net/infernet-sdk
 // v1.1.0's src/ and add its own dependency through SOLC_REMAPPINGS, e.g.
 //   INFERNET_SDK_DIR=lib/infernet-sdk/src SOLC_REMAPPINGS=solady/=lib/infernet-sdk/lib/solady/src/
+// Bytecode is generated for our own sources only: the SDK's Base.sol imports its whole Coordinator,
+// which does not fit the stack without the IR pipeline. Against the real SDK the build also uses that
+// pipeline (viaIR), as the SDK's own foundry.toml does; SOLC_VIA_IR=1|0 overrides the choice.
+// CONTRACTS_OUT writes the artifacts somewhere other than contracts/out.
 'use strict';
 
 const crypto = require('crypto');
@@ -17,7 +21,9 @@ const fs = require('fs');
 const path = require('path');
 
 const ROOT = path.resolve(__dirname, '..');
-const OUT = path.join(ROOT, 'contracts', 'out');
+const OUT = process.env.CONTRACTS_OUT
+  ? path.resolve(process.env.CONTRACTS_OUT)
+  : path.join(ROOT, 'contracts', 'out');
 const SOURCE_DIRS = ['contracts/src', 'contracts/test'];
 const EVM_VERSION = 'cancun';
 
@@ -69,13 +75,25 @@ function main() {
     }
     allowedDirs.push(path.resolve(ROOT, target));
   }
+  const viaEnv = process.env.SOLC_VIA_IR;
+  if (viaEnv !== undefined && viaEnv !== '' && viaEnv !== '0' && viaEnv !== '1') {
+    console.error('error: SOLC_VIA_IR must be 1 or 0, got ' + viaEnv);
+    process.exit(2);
+  }
+  const viaIR = viaEnv === '1' || ((viaEnv === undefined || viaEnv === '') && Boolean(process.env.INFERNET_SDK_DIR));
+  const outputSelection = {};
+  for (const rel of files) {
+    // Only our sources: an imported library's contracts (the SDK's Coordinator) get no bytecode.
+    outputSelection[rel] = {
+      '*': ['abi', 'evm.bytecode.object', 'evm.deployedBytecode.object', 'evm.methodIdentifiers'],
+    };
+  }
   const settings = {
     remappings: ['infernet-sdk/=' + sdkPrefix, ...extra],
     optimizer: { enabled: true, runs: 200 },
     evmVersion: EVM_VERSION,
-    outputSelection: {
-      '*': { '*': ['abi', 'evm.bytecode.object', 'evm.deployedBytecode.object', 'evm.methodIdentifiers'] },
-    },
+    viaIR,
+    outputSelection,
   };
   const sources = {};
   const hash = crypto.createHash('sha256');
@@ -127,12 +145,14 @@ function main() {
   }
   let count = 0;
   for (const [sourceName, contracts] of Object.entries(output.contracts || {})) {
+    if (!(sourceName in outputSelection)) continue;
     for (const [name, c] of Object.entries(contracts)) {
       const artifact = {
         contractName: name,
         sourceName,
         compiler: 'solc ' + solc.version(),
         evmVersion: EVM_VERSION,
+        viaIR,
         abi: c.abi,
         bytecode: '0x' + c.evm.bytecode.object,
         deployedBytecode: '0x' + c.evm.deployedBytecode.object,
@@ -145,7 +165,8 @@ function main() {
   fs.writeFileSync(hashFile, digest + '\n');
   const secs = ((Date.now() - started) / 1000).toFixed(1);
   console.log('compiled ' + count + ' contracts from ' + files.length + ' sources in ' + secs + ' s -> ' +
-    path.relative(ROOT, OUT) + '/ (solc ' + solc.version() + ', evmVersion ' + EVM_VERSION + ')');
+    path.relative(ROOT, OUT) + '/ (solc ' + solc.version() + ', evmVersion ' + EVM_VERSION +
+    (viaIR ? ', viaIR' : '') + ')');
 }
 
 main();
