@@ -13,8 +13,6 @@ import hmac
 import json
 import logging
 import os
-import platform
-import shutil
 import sys
 import time
 from collections.abc import AsyncGenerator
@@ -42,6 +40,7 @@ from .jobs import Job, parse_job
 from .metrics import Metrics
 from .protocol import MAX_JSON_DEPTH, OffchainResult, OnchainResult, Usage
 from .relay import Relay
+from .resources import ModelSupport, ServedModel, read_resources
 from .retry import Sleep
 from .upstream.base import Upstream
 
@@ -221,11 +220,12 @@ def create_app(
 
     @app.get("/service-resources")
     async def service_resources() -> Response:
-        model_id, engine_version, engine = await _model_info(core().upstream)
+        model = await _served_model(core().upstream)
         wanted = request.args.get("model_id")
         if wanted is not None:
-            return _json({"supported": model_id is not None and wanted == model_id})
-        resources = _resources(model_id, engine_version, engine)
+            return _json(ModelSupport(supported=model.serves(wanted)).model_dump())
+        document = await asyncio.to_thread(read_resources, __version__, model)  # reads /proc and disks
+        resources = document.model_dump()
         if settings.attester is not None:
             resources["attestation"] = settings.attester.describe()
         return _json(resources)
@@ -268,48 +268,14 @@ def create_app(
     return app
 
 
-async def _model_info(upstream: Upstream) -> tuple[str | None, str | None, str | None]:
-    """Model id, engine version and engine name (`engine` in the info of non-TGI upstreams)."""
+async def _served_model(upstream: Upstream) -> ServedModel:
+    """The engine's model, engine name and version from its info route (unknown if it is down)."""
     try:
         async with asyncio.timeout(2.0):
             info = await upstream.info()
     except (InfernetTGIError, TimeoutError):
-        return None, None, None
-    model_id = info.get("model_id")
-    version = info.get("version")
-    engine = info.get("engine")
-    return (
-        model_id if isinstance(model_id, str) else None,
-        version if isinstance(version, str) else None,
-        engine if isinstance(engine, str) else None,
-    )
-
-
-def _resources(model_id: str | None, engine_version: str | None, engine: str | None) -> dict[str, Any]:
-    disk = shutil.disk_usage("/")
-    return {
-        "version": __version__,
-        "service_id": "tgi-client-inference-service",
-        "hardware_capabilities": [
-            {
-                "capability_id": "base",
-                "os_info": {"name": platform.system(), "version": platform.release()},
-                "cpu_info": {"model": platform.machine(), "cores": os.cpu_count()},
-                "disk_info": [{"path": "/", "total": disk.total, "available": disk.free}],
-            }
-        ],
-        "compute_capability": [
-            {
-                "id": "ml",
-                "type": "tgi_client",
-                "task": ["text_generation"],
-                "models": [model_id] if model_id else [],
-                "cached_models": [],
-                "inference_engine": engine or ("tgi" if engine_version else None),
-                "inference_engine_version": engine_version,
-            }
-        ],
-    }
+        return ServedModel()
+    return ServedModel.from_info(info, default_engine="tgi")
 
 
 def _parse_inline(raw: str | bytes) -> bool:

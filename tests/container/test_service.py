@@ -138,7 +138,8 @@ async def test_service_resources_reports_upstream_model(client: Client) -> None:
     response = await client.get("/service-resources")
     body = await response.get_json()
     capability = body["compute_capability"][0]
-    assert capability["models"] == ["fake/tgi-model"]
+    assert [m["repo_id"] for m in capability["models"]] == ["huggingface/fake/tgi-model"]
+    assert capability["models"][0]["manifest"]["model_id"] == "fake/tgi-model"
     assert capability["inference_engine_version"] == "3.3.6"
     yes = await (await client.get("/service-resources?model_id=fake/tgi-model")).get_json()
     no = await (await client.get("/service-resources?model_id=other")).get_json()

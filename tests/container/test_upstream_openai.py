@@ -139,7 +139,7 @@ async def test_service_resources_names_the_openai_model(app_for: Any, vllm: Fake
     client = await app_for(openai_env(vllm.url))
     body = await (await client.get("/service-resources")).get_json()
     capability = body["compute_capability"][0]
-    assert capability["models"] == ["fake/vllm-model"]
+    assert capability["models"][0]["manifest"]["model_id"] == "fake/vllm-model"
     assert capability["inference_engine_version"] == "0.12.0"
     assert capability["inference_engine"] == "vllm"
 

@@ -317,12 +317,15 @@ class OpenAIUpstream:
             return self._model
         if (await self.dialect()).flavor == "tgi":
             return "tgi"
+        self._model = await self._listed_model()
+        return self._model
+
+    async def _listed_model(self) -> str:
         payload = await self._get("/models")
         data = payload.get("data") if isinstance(payload, dict) else None
         if not isinstance(data, list) or not data or not isinstance(data[0], dict):
             raise UpstreamProtocolError(f"upstream /models lists no model ({redact(self._url)})")
-        self._model = str(data[0].get("id"))
-        return self._model
+        return str(data[0].get("id"))
 
     async def _get(self, path: str) -> Any:
         url = self._url + path
@@ -376,7 +379,9 @@ class OpenAIUpstream:
 
     async def info(self) -> dict[str, Any]:
         dialect = await self.dialect()
-        return {"model_id": await self.model(), "version": dialect.version, "engine": dialect.flavor}
+        # The served model's real name, also on TGI, whose requests call it "tgi".
+        model = self._model or await self._listed_model()
+        return {"model_id": model, "version": dialect.version, "engine": dialect.flavor}
 
     async def health(self) -> None:
         """Raises unless `GET /models` answers 200 (the route every compatible server has)."""
