@@ -16,7 +16,9 @@ RUN pip install --no-cache-dir . && useradd --create-home --uid 10001 infernet
 USER infernet
 
 EXPOSE 3000
-HEALTHCHECK --interval=30s --timeout=3s CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:3000/', timeout=2)"
+# The port the server is told to use (TGI_INF_PORT; keep it in step when a `command` changes the port).
+HEALTHCHECK --interval=30s --timeout=3s --start-period=10s \
+    CMD python -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/' % os.environ.get('TGI_INF_PORT', '3000'), timeout=2)"
 # One worker per CPU the container gets (TGI_INF_WORKERS=auto). A node's `command` (e.g.
 # "--bind=0.0.0.0:3000 --workers=2") replaces CMD and is honoured. On `docker stop` (SIGTERM) jobs in
 # flight get TGI_INF_SHUTDOWN_GRACE (default: the job deadline) to finish: give the stop timeout as much.

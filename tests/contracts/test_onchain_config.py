@@ -196,7 +196,7 @@ def test_compose_runs_node_redis_container_and_gpu_tgi(config: dict[str, Any]) -
     assert services["redis"]["image"].startswith("redis:")
     assert config["redis"]["host"] == "redis"
     container = services["infernet-tgi"]
-    assert "3000:3000" in container["ports"]
+    assert container["expose"] == ["3000"] and "ports" not in container  # reached by name, not published
     assert json.loads(container["environment"]["TGI_INF_WORKFLOW_KW_ARGS"]) == json.loads(
         config["containers"][0]["env"]["TGI_INF_WORKFLOW_KW_ARGS"]
     )
