@@ -24,6 +24,7 @@ from quart import Quart, Response, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from . import __version__, jsontext, onchain
+from .apidoc import document_routes
 from .attestation import Notary
 from .config import Settings
 from .core import Core, build_core
@@ -265,6 +266,7 @@ def create_app(
         }
         return _json(body, 500)
 
+    document_routes(app)  # GET /openapi.json and /docs, from the routes above
     return app
 
 

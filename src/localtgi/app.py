@@ -13,6 +13,7 @@ import logging
 from quart import Quart, Response, request
 from werkzeug.exceptions import HTTPException
 
+from localtgi.apidoc import routes as apidoc_routes
 from localtgi.errors import LocalTGIError, RequestBodyError
 from localtgi.inference import Inference, Permits
 from localtgi.metrics import Metrics
@@ -119,4 +120,5 @@ def create_app(settings: Settings, model: LoadedModel | None = None) -> Quart:
 
     app.register_blueprint(tgi_routes)
     app.register_blueprint(openai_routes)
+    app.register_blueprint(apidoc_routes)  # GET /api-doc/openapi.json and /docs, as TGI
     return app
