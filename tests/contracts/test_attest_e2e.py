@@ -46,7 +46,8 @@ def attested_url(localtgi_url: str, tmp_path_factory: pytest.TempPathFactory) ->
 def published(attested_url: str) -> tuple[str, str]:
     """(attester address, model id) as the container publishes them."""
     resources = httpx.get(attested_url + "/service-resources", timeout=10).json()
-    return resources["attestation"]["attester"], resources["compute_capability"][0]["models"][0]
+    model = resources["compute_capability"][0]["models"][0]  # infernet-ml's BroadcastedArtifact
+    return resources["attestation"]["attester"], model["manifest"]["model_id"]
 
 
 @pytest.fixture(scope="module")
