@@ -108,6 +108,7 @@ def create_app(
         runtime.core, runtime.parsing = core, parsing
         if settings.attester is not None:
             runtime.notary = Notary(settings.attester, settings.model, core.upstream.info)
+            log.info("signing answers as %r", settings.attester)  # the address and chain id, never the key
         try:
             yield
         finally:

@@ -272,6 +272,7 @@ async def test_attester_published_and_key_never_exposed(
         "chainId": 31337,
     }
     metrics = await (await client.get("/metrics")).get_data(as_text=True)
+    assert f"signing answers as Attester(address={VECTOR['attester']}, chain_id=31337)" in caplog.text
     everything = json.dumps(resources) + metrics + caplog.text
     assert KEY not in everything.lower()
 
