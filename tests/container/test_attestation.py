@@ -15,6 +15,8 @@ from eth_abi import decode, encode
 from eth_account import Account
 from eth_account.messages import encode_typed_data
 from eth_utils import keccak
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from quart.typing import TestClientProtocol as Client
 
 from containerkit import env_for
@@ -101,7 +103,40 @@ def test_signature_is_low_s_with_v_27_or_28_and_bound_to_the_chain() -> None:
     )
 
 
+@settings(max_examples=30, deadline=None)
+@given(
+    raw_input=st.binary(max_size=300),
+    raw_output=st.binary(max_size=300),
+    model=st.text(max_size=40),
+    chain_id=st.integers(min_value=1, max_value=2**64),
+)
+def test_any_statement_recovers_with_eth_account(
+    raw_input: bytes, raw_output: bytes, model: str, chain_id: int
+) -> None:
+    attester = Attester(bytes.fromhex(KEY), chain_id)
+    proof = attester.attest(raw_input, raw_output, model).proof().hex()
+    input_hash, output_hash, model_hash, signer = recover(proof, chain_id)
+    assert (input_hash, output_hash) == (keccak(raw_input), keccak(raw_output))
+    assert model_hash == keccak(model.encode()) and signer == VECTOR["attester"]
+
+
 # ------------------------------------------------------------------ settings
+
+
+@settings(max_examples=60, deadline=None)
+@given(key=st.text(max_size=80), chain=st.text(max_size=12))
+def test_any_value_is_a_config_error_or_an_attester_never_a_leak(key: str, chain: str) -> None:
+    env = {"TGI_INF_ATTESTATION_KEY": key, "TGI_INF_ATTESTATION_CHAIN_ID": chain}
+    try:
+        settings_ = Settings.from_env(env)
+    except ConfigError as exc:
+        message = str(exc)
+        assert message.startswith("TGI_INF_ATTESTATION_")
+        secret = key.strip().removeprefix("0x")
+        if len(secret) >= 8 and not key.strip().startswith("@"):
+            assert secret not in message
+    else:
+        assert (settings_.attester is None) == (not key.strip())
 
 
 def test_settings_read_key_and_chain(tmp_path: Path) -> None:
