@@ -23,8 +23,8 @@ from quart_schema import (
 )
 
 from . import __version__
-from .protocol import InfernetInput, OffchainResult, OnchainResult
-from .resources import ModelSupport, ServiceResources
+from .protocol import InfernetInput, OffchainResult, OnchainResult, SignedOffchainResult
+from .resources import AttestedServiceResources, ModelSupport, ServiceResources
 
 TITLE = "infernet-tgi"
 
@@ -35,8 +35,9 @@ class Health(BaseModel):
     message: str
 
 
-class JobAnswer(RootModel[OffchainResult | OnchainResult]):
-    """An off-chain answer (destination 1), or the five on-chain keys as unprefixed hex (destination 0).
+class JobAnswer(RootModel[OffchainResult | SignedOffchainResult | OnchainResult]):
+    """An off-chain answer (destination 1; signed when asked), or the five on-chain keys as unprefixed
+    hex (destination 0).
     Stream jobs (destination 2) get UTF-8 text chunks instead (`text/plain`)."""
 
 
@@ -90,4 +91,4 @@ def document_routes(app: Quart) -> None:
     for status in JOB_ERRORS:
         document_response(ErrorBody, status_code=status)(job)
     resources = document_querystring(ModelQuery)(views["service_resources"])
-    document_response(RootModel[ServiceResources | ModelSupport])(resources)
+    document_response(RootModel[ServiceResources | AttestedServiceResources | ModelSupport])(resources)

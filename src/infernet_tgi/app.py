@@ -229,7 +229,7 @@ def create_app(
         document = await asyncio.to_thread(read_resources, __version__, model)  # reads /proc and disks
         resources = document.model_dump()
         if settings.attester is not None:
-            resources["attestation"] = settings.attester.describe()
+            resources["attestation"] = settings.attester.describe().model_dump()
         return _json(resources)
 
     @app.get("/metrics")

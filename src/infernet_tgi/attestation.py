@@ -30,6 +30,7 @@ from typing import Any
 from coincurve import PrivateKey
 from Crypto.Hash import keccak
 from eth_abi.abi import encode
+from pydantic import BaseModel
 
 from .errors import ConfigError, UpstreamTimeoutError, UpstreamUnavailableError
 
@@ -152,15 +153,23 @@ class Attester:
         signature = rsv[:64] + bytes([27 + rsv[64]])
         return Attestation(input_hash, output_hash, model_hash, signature)
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> AttestationInfo:
         """What `GET /service-resources` publishes, so consumers can allow this attester."""
-        return {
-            "attester": self.address,
-            "chain_id": self.chain_id,
-            "eip712_domain": {"name": DOMAIN_NAME, "version": DOMAIN_VERSION, "chainId": self.chain_id},
-            "type": ATTESTATION_TYPE,
-            "proof": "abi.encode(bytes32 inputHash, bytes32 outputHash, bytes32 modelHash, bytes signature)",
-        }
+        return AttestationInfo(
+            attester=self.address,
+            chain_id=self.chain_id,
+            eip712_domain={"name": DOMAIN_NAME, "version": DOMAIN_VERSION, "chainId": self.chain_id},
+        )
+
+
+class AttestationInfo(BaseModel):
+    """`attestation` in `GET /service-resources`: who signs, for which chain, and in which format."""
+
+    attester: str
+    chain_id: int
+    eip712_domain: dict[str, str | int]
+    type: str = ATTESTATION_TYPE
+    proof: str = "abi.encode(bytes32 inputHash, bytes32 outputHash, bytes32 modelHash, bytes signature)"
 
 
 class Notary:

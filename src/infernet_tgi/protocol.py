@@ -205,6 +205,14 @@ class OffchainResult(BaseModel):
     usage: Usage = Field(default_factory=Usage)
 
 
+class SignedOffchainResult(OffchainResult):
+    """An off-chain answer with `requires_proof` from a container with an attestation key: `proof` is
+    the hex attestation of (abi.encode(prompt), abi.encode(output), model), `attester` its signer."""
+
+    proof: str
+    attester: str
+
+
 class OnchainResult(BaseModel):
     """The five keys the node serializes for delivery: unprefixed even-length hex or ""."""
 

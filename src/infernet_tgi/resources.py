@@ -20,6 +20,8 @@ from typing import Any, Literal
 import psutil
 from pydantic import BaseModel
 
+from .attestation import AttestationInfo
+
 SERVICE_ID = "tgi-client-inference-service"
 
 
@@ -82,6 +84,12 @@ class ServiceResources(BaseModel):
     service_id: str = SERVICE_ID
     hardware_capabilities: list[GenericHardwareCapability]
     compute_capability: list[MLComputeCapability]
+
+
+class AttestedServiceResources(ServiceResources):
+    """`ServiceResources` of a container that signs its answers (TGI_INF_ATTESTATION_KEY)."""
+
+    attestation: AttestationInfo
 
 
 class ModelSupport(BaseModel):

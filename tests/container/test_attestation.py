@@ -24,6 +24,8 @@ from faketgi import FakeTGI, Ok
 from infernet_tgi.attestation import Attester, attestation_digest
 from infernet_tgi.config import Settings
 from infernet_tgi.errors import ConfigError
+from infernet_tgi.protocol import SignedOffchainResult
+from infernet_tgi.resources import AttestedServiceResources
 
 VECTOR = json.loads((Path(__file__).resolve().parents[1] / "attestation_vector.json").read_text())
 KEY = VECTOR["private_key"]
@@ -266,6 +268,7 @@ async def test_offchain_proof_beside_output_only_when_asked(app_for: Any, fake: 
         client, {"source": 1, "destination": 1, "data": {"text": "Q?"}, "requires_proof": True}
     )
     assert signed["output"] == "yes" and signed["attester"] == VECTOR["attester"]
+    assert SignedOffchainResult.model_validate(signed).model_dump() == signed  # the documented shape
     input_hash, output_hash, _, signer = recover(signed["proof"], 31337)
     # Off-chain, raw_input / raw_output are the ABI encodings the on-chain path uses.
     assert signer == VECTOR["attester"]
@@ -299,7 +302,7 @@ async def test_attester_published_and_key_never_exposed(
     fake.script(Ok(text="x"))
     await post(client, {"source": 0, "destination": 0, "data": encode(["string"], ["q"]).hex()})
     resources = json.loads(await (await client.get("/service-resources")).get_data(as_text=True))
-    assert resources["attestation"]["attester"] == VECTOR["attester"]
+    assert AttestedServiceResources.model_validate(resources).attestation.attester == VECTOR["attester"]
     assert resources["attestation"]["chain_id"] == 31337
     assert resources["attestation"]["eip712_domain"] == {
         "name": "InfernetTGIAttestation",

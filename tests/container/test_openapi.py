@@ -45,7 +45,9 @@ async def test_job_answer_and_error_schemas(client: Client) -> None:
     error = resolved(job["responses"]["503"]["content"])
     assert set(error["properties"]) == {"code", "name", "description"}
     answers = {ref["$ref"].rsplit("/", 1)[1] for ref in resolved(job["responses"]["200"]["content"])["anyOf"]}
-    assert answers == {"OffchainResult", "OnchainResult"}
+    assert answers == {"OffchainResult", "SignedOffchainResult", "OnchainResult"}
+    assert {"proof", "attester"} <= set(schemas["SignedOffchainResult"]["properties"])
+    assert "attestation" in schemas["AttestedServiceResources"]["properties"]
     metrics = document["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
     assert list(metrics) == ["text/plain"]
     resources = document["paths"]["/service-resources"]["get"]
