@@ -134,10 +134,9 @@ class Attester:
             return None
         if not raw_chain:
             raise ConfigError(f"{CHAIN_VAR} is required with {KEY_VAR} (the chain that verifies proofs)")
-        try:
-            chain_id = int(raw_chain, 10)
-        except ValueError as exc:
-            raise ConfigError(f"{CHAIN_VAR}: expected a decimal chain id, got {raw_chain!r}") from exc
+        if not raw_chain.isascii() or not raw_chain.isdigit():  # int() would also take "1_0" or "١"
+            raise ConfigError(f"{CHAIN_VAR}: expected a decimal chain id, got {raw_chain!r}")
+        chain_id = int(raw_chain)
         if not 0 < chain_id < 2**256:
             raise ConfigError(f"{CHAIN_VAR}: must be a positive chain id, got {chain_id}")
         return cls(_read_key(raw_key), chain_id)
