@@ -134,11 +134,12 @@ class Attester:
             return None
         if not raw_chain:
             raise ConfigError(f"{CHAIN_VAR} is required with {KEY_VAR} (the chain that verifies proofs)")
-        if not raw_chain.isascii() or not raw_chain.isdigit():  # int() would also take "1_0" or "١"
-            raise ConfigError(f"{CHAIN_VAR}: expected a decimal chain id, got {raw_chain!r}")
+        # int() alone would also take "1_0" or other scripts' digits, and fail on thousands of digits.
+        if not raw_chain.isascii() or not raw_chain.isdigit() or len(raw_chain) > 78:
+            raise ConfigError(f"{CHAIN_VAR}: expected a decimal chain id, got {raw_chain[:80]!r}")
         chain_id = int(raw_chain)
         if not 0 < chain_id < 2**256:
-            raise ConfigError(f"{CHAIN_VAR}: must be a positive chain id, got {chain_id}")
+            raise ConfigError(f"{CHAIN_VAR}: must be a positive chain id below 2**256, got {chain_id}")
         return cls(_read_key(raw_key), chain_id)
 
     def attest(self, raw_input: bytes, raw_output: bytes, model_id: str) -> Attestation:

@@ -165,6 +165,8 @@ def test_settings_read_key_and_chain(tmp_path: Path) -> None:
         ({"TGI_INF_ATTESTATION_KEY": KEY, "TGI_INF_ATTESTATION_CHAIN_ID": "0"}, "positive chain id"),
         ({"TGI_INF_ATTESTATION_KEY": KEY, "TGI_INF_ATTESTATION_CHAIN_ID": "-5"}, "decimal chain id"),
         ({"TGI_INF_ATTESTATION_KEY": KEY, "TGI_INF_ATTESTATION_CHAIN_ID": "1_0"}, "decimal chain id"),
+        ({"TGI_INF_ATTESTATION_KEY": KEY, "TGI_INF_ATTESTATION_CHAIN_ID": "9" * 5000}, "decimal chain id"),
+        ({"TGI_INF_ATTESTATION_KEY": KEY, "TGI_INF_ATTESTATION_CHAIN_ID": str(2**256)}, "below 2**256"),
         ({"TGI_INF_ATTESTATION_KEY": KEY[:-2], "TGI_INF_ATTESTATION_CHAIN_ID": "1"}, "64 hex digits"),
         ({"TGI_INF_ATTESTATION_KEY": KEY[:-1] + "g", "TGI_INF_ATTESTATION_CHAIN_ID": "1"}, "64 hex digits"),
         (
