@@ -1,6 +1,7 @@
 """Constrained output: a job's `response_pool`, `json_format` or TGI `grammar`, per protocol.
 
-Use `Constraint.from_parameters` once per job (jobs does), the `*_for_*` translators in the upstream
+Use `Constraint.from_parameters` once per job (jobs does), `constraint_of` to read a request's
+constraint (also a raw TGI `grammar` given through the workflow API), the translators in the upstream
 clients, and `check` on every answer before it leaves the container: an upstream that ignored the
 constraint (vLLM >= 0.12 drops `guided_*` silently, Vast's worker forwards only `max_new_tokens`) gives
 a `ConstraintViolationError`, never unconstrained text.
@@ -16,12 +17,15 @@ import asyncio
 import functools
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from . import jsontext
 from .errors import ConstraintViolationError, ParameterError
 from .protocol import TGI_PREFIX
 from .schemas import answer_schema_error, checked_regex, checked_schema, regex_fullmatch
+
+if TYPE_CHECKING:  # generation.py imports Constraint from here
+    from .generation import GenerationRequest
 
 Kind = Literal["choice", "json", "regex"]
 _SIMPLE_TYPES = ("string", "integer", "boolean", "number")
@@ -82,6 +86,16 @@ class Constraint:
         if self.kind == "json":
             return "JSON matching the job's schema"
         return f"a match of the regex {self.pattern!r}"
+
+
+def constraint_of(request: GenerationRequest) -> Constraint | None:
+    """The request's constraint, also when it came as a raw TGI `grammar` parameter (workflow API)."""
+    if request.constraint is not None:
+        return request.constraint
+    grammar = request.parameters.get("grammar")
+    if isinstance(grammar, dict):
+        return from_grammar(grammar)
+    return None
 
 
 def from_grammar(grammar: dict[str, Any]) -> Constraint:

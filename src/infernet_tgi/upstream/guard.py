@@ -17,10 +17,9 @@ from contextlib import aclosing
 from typing import Any
 
 from ..chat import ChatTemplate
-from ..constraints import Constraint, verify
+from ..constraints import Constraint, constraint_of, verify
 from .base import Generation, GenerationRequest, StreamDelta, Upstream
 from .http import redact
-from .openai import constraint_of
 
 
 class Guard:

@@ -15,12 +15,12 @@ from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from typing import Any
 
-from ..constraints import tgi_grammar
+from ..constraints import constraint_of, tgi_grammar
 from ..errors import UnsupportedRequestError
 from .base import Generation, GenerationRequest, StreamDelta
 from .client import HTTPClient
 from .http import redact, status_error
-from .openai import OpenAIUpstream, constraint_of
+from .openai import OpenAIUpstream
 from .tgi import TGIUpstream
 
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from ..constraints import Constraint, from_grammar, tgi_grammar, vllm_fields
+from ..constraints import constraint_of, tgi_grammar, vllm_fields
 from ..errors import UnsupportedRequestError, UpstreamError, UpstreamProtocolError
 from .base import Generation, GenerationRequest, StreamDelta
 from .client import HTTPClient
@@ -49,16 +49,6 @@ class Dialect:
     flavor: Flavor = "vllm"
     form: Form = "structured_outputs"
     version: str | None = None
-
-
-def constraint_of(request: GenerationRequest) -> Constraint | None:
-    """The request's constraint, also when it came as a raw TGI `grammar` parameter (workflow API)."""
-    if request.constraint is not None:
-        return request.constraint
-    grammar = request.parameters.get("grammar")
-    if isinstance(grammar, dict):
-        return from_grammar(grammar)
-    return None
 
 
 def is_sampling(p: dict[str, Any]) -> bool:

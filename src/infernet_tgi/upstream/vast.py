@@ -24,12 +24,11 @@ from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from typing import Any
 
-from ..constraints import tgi_grammar
+from ..constraints import constraint_of, tgi_grammar
 from ..errors import UnsupportedRequestError, UpstreamProtocolError, UpstreamUnavailableError
 from .base import Generation, GenerationRequest, StreamDelta
 from .client import HTTPClient
 from .http import redact, status_error
-from .openai import constraint_of
 from .tgi import tgi_stream
 
 JSON_HEADERS = {"content-type": "application/json"}
