@@ -22,13 +22,14 @@ log = logging.getLogger("infernet_tgi")
 class Relay:
     """The body of a stream job: the text of each delta as UTF-8, as it arrives.
 
-    One loop per stream and one deadline for the whole body (`deadline`, on the event loop's clock):
-    the timer is armed only while the loop waits for the upstream (an `asyncio` timeout through the
-    worker's `Drain`, no task), never across a `yield`, so it cannot fire while the server writes a
-    chunk. After the first byte there is no error channel: a failure ends the stream (and is logged),
-    as do the deadline that keeps us under the node's 60 s cut and the end of the shutdown grace
-    period (the body then ends cleanly). `aclose` (Quart calls it when the response ends, also when
-    the client went away) closes the upstream stream, so the upstream cancels the generation, even if
+    One loop per stream and one timeout for the whole body (`deadline`, on the event loop's clock;
+    an `asyncio` timeout through the worker's `Drain`, which shortens it at shutdown; no task). It is
+    disarmed while the server writes a chunk, so it fires only while the loop waits for the upstream
+    (a shutdown grace period that ends during a write is the one exception). After the first byte
+    there is no error channel: a failure ends the stream (and is logged), as do the deadline that
+    keeps us under the node's 60 s cut and the end of the shutdown grace period (the body then ends
+    cleanly). `aclose` (Quart calls it when the response ends, also when the client went away) closes
+    the upstream stream, so the upstream cancels the generation, even if
     iteration never started."""
 
     def __init__(
@@ -52,20 +53,19 @@ class Relay:
 
     async def _loop(self, first: StreamDelta, deadline: float) -> AsyncGenerator[bytes, None]:
         rest, drain = self._rest, self._drain
-        clock = asyncio.get_running_loop().time
         try:
-            async with aclosing(rest):
+            async with aclosing(rest), drain.limit(deadline - asyncio.get_running_loop().time()) as scope:
                 if first.text:
+                    when = _disarm(scope)
                     yield _utf8(first.text)
+                    _rearm(scope, when)
                 if first.finish_reason is not None:
                     return
-                while True:
-                    async with drain.limit(deadline - clock()):
-                        delta = await anext(rest, None)
-                    if delta is None:
-                        return
+                async for delta in rest:
                     if delta.text:
+                        when = _disarm(scope)
                         yield _utf8(delta.text)
+                        _rearm(scope, when)
         except TimeoutError:
             if drain.expired:
                 log.warning("stream ended: the container is shutting down (grace period over)")
@@ -99,3 +99,18 @@ def _utf8(text: str) -> bytes:
         return text.encode()
     except UnicodeEncodeError:
         return jsontext.scrub(text).encode()
+
+
+def _disarm(scope: asyncio.Timeout) -> float | None:
+    """Disarm the body's timeout while the server writes a chunk (a timeout must never fire in
+    another frame than the one that awaits); returns when it was due."""
+    when = scope.when()
+    scope.reschedule(None)
+    return when
+
+
+def _rearm(scope: asyncio.Timeout, when: float | None) -> None:
+    # A shutdown that began during the write armed the timeout at the end of its grace period:
+    # the sooner of the two then holds.
+    clamped = scope.when()
+    scope.reschedule(when if clamped is None or when is None else min(when, clamped))

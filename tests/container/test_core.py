@@ -124,3 +124,40 @@ async def test_stream_deadline_ends_the_body_cleanly() -> None:
         chunks = [chunk async for chunk in body]
     assert chunks == [b"first"] and closed == ["slot"]
     assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
+
+
+async def test_stream_deadline_never_fires_while_the_server_writes() -> None:
+    """The consumer (the server writing a chunk) may be slow past the deadline: it is not cancelled;
+    the body ends at its next wait for the upstream."""
+
+    async def tokens() -> AsyncGenerator[StreamDelta, None]:
+        for _ in range(3):
+            await asyncio.sleep(0.01)  # a real upstream: each token is waited for
+            yield StreamDelta(text="t")
+
+    rest = tokens()
+    await anext(rest)
+    deadline = asyncio.get_running_loop().time() + 0.05
+    body = Relay(StreamDelta(text="first"), rest, deadline, Drain(5), on_close=lambda: None)
+    chunks = [await anext(body)]
+    await asyncio.sleep(0.15)  # a slow write, past the deadline, with the body suspended
+    chunks += [chunk async for chunk in body]
+    assert chunks == [b"first"]
+    assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
+
+
+async def test_stream_ends_when_the_shutdown_grace_is_over() -> None:
+    async def stalled() -> AsyncGenerator[StreamDelta, None]:
+        yield StreamDelta(text="x")
+        await asyncio.sleep(30)
+        yield StreamDelta(text="never")
+
+    rest = stalled()
+    await anext(rest)
+    drain = Drain(0.1)
+    body = Relay(StreamDelta(text="first"), rest, asyncio.get_running_loop().time() + 30, drain, lambda: None)
+    assert await anext(body) == b"first"
+    drain.begin()
+    async with asyncio.timeout(3):
+        assert [chunk async for chunk in body] == []
+    assert drain.expired
