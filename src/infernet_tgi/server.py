@@ -202,7 +202,7 @@ class _Supervisor:
                 log.error(
                     "worker %d exited with status %d after %.1f s; stopping", worker.proc.pid, status, lived
                 )
-                self._status = status or 1
+                self._status = status if status > 0 else 1
                 self._signal(signal.SIGTERM)
                 self._wait_all()
                 return

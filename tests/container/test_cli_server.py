@@ -6,10 +6,12 @@ from __future__ import annotations
 import os
 import re
 import resource
+import signal
 import socket
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import pytest
@@ -129,3 +131,28 @@ def test_no_password_in_any_log_line(fake: FakeTGI) -> None:
     log = container.log()
     assert "127.0.0.1:9" in log and fake.url in log  # the URLs are logged, without their secrets
     assert "hunter2" not in log and "operator" not in log and "x:pw" not in log
+
+
+def _workers(container: Container) -> list[int]:
+    assert container.proc is not None
+    children = Path(f"/proc/{container.proc.pid}/task/{container.proc.pid}/children").read_text()
+    return [int(pid) for pid in children.split()]
+
+
+def test_a_worker_that_dies_is_replaced_and_one_that_cannot_start_stops_the_container(fake: FakeTGI) -> None:
+    with Container(["--workers", "2"], env_for(fake.url)) as container:
+        first, second = _workers(container)
+        time.sleep(10.5)  # a worker dying in its first 10 s stops the container instead (below)
+        os.kill(first, signal.SIGKILL)
+        container.wait_for_line(f"worker {first} exited with status -9; starting another")
+        deadline = time.monotonic() + 20
+        while sum("Application startup complete" in line for line in container.lines) < 3:
+            assert time.monotonic() < deadline, container.log()
+            time.sleep(0.05)
+        assert second in _workers(container) and len(_workers(container)) == 2
+        assert all(container.post_job(JOB).status_code == 200 for _ in range(10))
+
+    with Container(["--workers", "2"], env_for(fake.url)) as container:
+        os.kill(_workers(container)[0], signal.SIGKILL)
+        assert container.wait(30) != 0  # not a crash loop: the container stops and says why
+        assert "exited with status -9 after" in container.log()
