@@ -337,14 +337,28 @@ def worker_count(raw: str | int, name: str) -> int:
 def usable_cpus() -> int:
     """CPUs this process may run on: its affinity, lowered by a cgroup CPU quota (`docker --cpus`)."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    try:
-        with open("/sys/fs/cgroup/cpu.max") as limits:  # cgroup v2: "<quota> <period>" or "max <period>"
-            quota, period = limits.read().split()[:2]
-    except (OSError, ValueError):
-        return max(1, cpus)
-    if quota != "max" and int(period) > 0:
-        cpus = min(cpus, math.ceil(int(quota) / int(period)))
+    quota = _cgroup_quota()
+    if quota is not None:
+        cpus = min(cpus, math.ceil(quota))
     return max(1, cpus)
+
+
+def _cgroup_quota() -> float | None:
+    """The CPU quota in CPUs from cgroup v2 (`cpu.max`) or v1 (`cpu.cfs_quota_us`); None when unlimited."""
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as limits:  # "<quota> <period>" or "max <period>"
+            quota, period = limits.read().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError, ZeroDivisionError):
+        pass
+    try:
+        with open("/sys/fs/cgroup/cpu/cpu.cfs_quota_us") as quota_file:
+            quota_us = int(quota_file.read())
+        with open("/sys/fs/cgroup/cpu/cpu.cfs_period_us") as period_file:
+            period_us = int(period_file.read())
+        return None if quota_us <= 0 else quota_us / period_us
+    except (OSError, ValueError, ZeroDivisionError):
+        return None
 
 
 def _flag(env: Mapping[str, str], name: str) -> bool:

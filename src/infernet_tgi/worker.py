@@ -50,8 +50,10 @@ def run(settings: Settings, sock: socket.socket, *, parent_fd: int | None = None
         proxy_headers=False,
         server_header=False,
         backlog=settings.backlog,
-        # A node reuses its connections within seconds; idle ones go after 5 s, closed ones at once.
-        timeout_keep_alive=5,
+        # Idle keep-alive connections are closed after 20 s, later than clients give up on them
+        # (aiohttp, the node's client, after 15 s), so a client never reuses one we are closing.
+        # Connections the client closes are released at once.
+        timeout_keep_alive=20,
         timeout_graceful_shutdown=math.ceil(settings.shutdown_grace) + _FLUSH,
     )
     server = uvicorn.Server(config)

@@ -8,6 +8,7 @@ import re
 import resource
 import signal
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -76,7 +77,8 @@ def test_closed_connections_are_released_at_once_and_running_out_is_logged(fake:
 
 
 def test_workers_share_connections_and_metrics_cover_the_container(fake: FakeTGI) -> None:
-    with Container(["--workers", "2"], env_for(fake.url)) as container:
+    with Container(["--workers", "2", "--backlog", "512"], env_for(fake.url)) as container:
+        assert _listeners(_address(container)[1]) == [512, 512]  # one socket per worker, our backlog
         jobs = 80
         # A new connection per job: the kernel spreads connections over the workers' sockets.
         with httpx.Client(headers={"Connection": "close"}) as client, ThreadPoolExecutor(4) as pool:
@@ -96,6 +98,13 @@ def test_workers_share_connections_and_metrics_cover_the_container(fake: FakeTGI
             )
             assert _sample(text, "infernet_tgi_jobs_in_flight") == 0.0
             assert text.count("# TYPE infernet_tgi_jobs_total counter") == 1
+
+
+def _listeners(port: int) -> list[int]:
+    """The backlog of every socket listening on `port`, as the kernel reports it (`ss`, iproute2)."""
+    done = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True, timeout=10)
+    assert done.returncode == 0, done.stderr
+    return sorted(int(line.split()[2]) for line in done.stdout.splitlines() if line.strip())
 
 
 def _jobs_by_worker(container: Container) -> dict[str, float]:
