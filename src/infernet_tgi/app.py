@@ -40,6 +40,7 @@ from .errors import (
 from .jobs import Job, parse_job
 from .metrics import Metrics
 from .protocol import MAX_JSON_DEPTH, OffchainResult, OnchainResult, Usage
+from .redaction import redact
 from .relay import Relay
 from .resources import ModelSupport, ServedModel, read_resources
 from .retry import Sleep
@@ -169,6 +170,8 @@ def create_app(
         try:
             async with drain.limit(settings.job_deadline):
                 generation = await core().generate(job.request, deadline=deadline)
+        except RecursionError as exc:
+            raise _too_deep(core().upstream.url) from exc
         except TimeoutError as exc:
             if drain.expired:
                 raise ShutdownError(_UNFINISHED.format(settings.shutdown_grace)) from exc
@@ -178,7 +181,7 @@ def create_app(
             ) from exc
         if jsontext.has_lone_surrogate(generation.text):
             raise UpstreamProtocolError(
-                f"the answer from {core().upstream.url} holds a lone UTF-16 surrogate, "
+                f"the answer from {redact(core().upstream.url)} holds a lone UTF-16 surrogate, "
                 "which cannot be encoded as UTF-8 (nor ABI-encoded); the upstream sent broken text"
             )
         signed = runtime.notary is not None and (job.onchain_output or job.requires_proof)
@@ -208,6 +211,8 @@ def create_app(
         try:
             async with drain.limit(settings.stream_deadline):
                 first, rest = await core().start_stream(job.request, deadline=deadline)
+        except RecursionError as exc:
+            raise _too_deep(core().upstream.url) from exc
         except TimeoutError as exc:
             if drain.expired:
                 raise ShutdownError(_UNFINISHED.format(settings.shutdown_grace)) from exc
@@ -279,6 +284,12 @@ async def _served_model(upstream: Upstream) -> ServedModel:
     except (InfernetTGIError, TimeoutError):
         return ServedModel()
     return ServedModel.from_info(info, default_engine="tgi")
+
+
+def _too_deep(url: str) -> UpstreamProtocolError:
+    # Job JSON is depth-checked before parsing, so only an upstream's answer, parsed by json in the
+    # upstream clients, can nest deep enough to exhaust Python's recursion.
+    return UpstreamProtocolError(f"the answer from {redact(url)} is JSON nested too deeply to read")
 
 
 def _parse_inline(raw: str | bytes) -> bool:

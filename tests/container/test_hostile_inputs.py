@@ -16,7 +16,7 @@ import pytest
 from eth_abi.abi import decode, encode
 
 from containerkit import RunningContainer, assert_responsive, env_for, probe_while
-from faketgi import FakeTGI, Ok
+from faketgi import FakeTGI, Ok, Status
 
 BEARER = "s3cret-bearer"
 
@@ -145,6 +145,14 @@ def test_upstream_answer_with_a_lone_surrogate_is_a_502(container: str, fake: Fa
         fake.script(Ok(text="broken \ud800 text", finish_reason="eos_token"))
         body = {"source": 1, "destination": destination, "data": {"text": "hi"}}
         error(post(container, json.dumps(body)), 502, "lone UTF-16 surrogate")
+
+
+def test_upstream_answer_nested_too_deep_is_a_502(container: str, fake: FakeTGI) -> None:
+    deep = b'{"generated_text": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    for destination, answer in ((1, Status(200, raw=deep)), (2, Status(200, raw=b"data:" + deep + b"\n\n"))):
+        fake.script(answer)
+        body = json.dumps({"source": 1, "destination": destination, "data": {"text": "hi"}})
+        error(post(container, body), 502, "nested too deeply")
 
 
 def test_a_stream_with_a_lone_surrogate_ends_cleanly(container: str, fake: FakeTGI) -> None:
