@@ -12,6 +12,7 @@ import pytest
 
 from infernet_tgi import cli
 from infernet_tgi.errors import ConfigError
+from processkit import Container
 
 URL = '["http://127.0.0.1:8080", 30]'
 
@@ -122,3 +123,20 @@ def test_workers_auto_follows_the_usable_cpus() -> None:
     assert cli.parse(["--workers", "auto"], {}).workers == len(os.sched_getaffinity(0))
     with pytest.raises(ConfigError, match="TGI_INF_WORKERS"):
         cli.parse([], {"TGI_INF_WORKERS": "-1"})
+
+
+def test_a_second_container_on_our_port_exits_2() -> None:
+    """Our workers' sockets allow sharing the port (SO_REUSEPORT) among themselves; another process
+    asking for the same port must still be refused, not silently handed half the connections."""
+    with Container(["--workers", "2"], {"TGI_INF_WORKFLOW_POSITIONAL_ARGS": URL}) as first:
+        port = first.url.rsplit(":", 1)[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "infernet_tgi", "--bind", f"127.0.0.1:{port}", "--workers", "2"],
+            env={**os.environ, "TGI_INF_WORKFLOW_POSITIONAL_ARGS": URL},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 2, done.stderr
+        assert f"port {port} on 127.0.0.1 is already in use" in done.stderr
+        assert first.get("/").status_code == 200
