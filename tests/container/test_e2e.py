@@ -34,7 +34,7 @@ def start_container(env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str, 
         stderr=subprocess.PIPE,
     )
     url = f"http://127.0.0.1:{port}"
-    while time.monotonic() - started < 15:
+    while time.monotonic() - started < 40:
         try:
             if httpx.get(url + "/", timeout=0.5).status_code == 200:
                 return proc, url, time.monotonic() - started
@@ -136,15 +136,30 @@ def in_flight(url: str) -> float:
     raise AssertionError("no in-flight gauge")
 
 
-def test_ready_fast_with_backend_down_and_jobs_get_503() -> None:
-    proc, url, ready_after = start_container(
+def test_ready_without_waiting_for_a_silent_backend() -> None:
+    # A backend that takes the TCP connection and never answers: a start-up that waited on it would
+    # hang for the whole 60 s upstream timeout. How fast start-up is depends on the box's load, so the
+    # check is against that timeout, not a wall-clock goal.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        backend = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        env = {"TGI_INF_WORKFLOW_POSITIONAL_ARGS": json.dumps([backend, 60])}
+        proc, _url, ready_after = start_container(env)
+        try:
+            assert ready_after < 30.0
+        finally:
+            stop(proc)
+
+
+def test_jobs_get_503_with_backend_down() -> None:
+    proc, url, _ready_after = start_container(
         {
             **env_for("http://127.0.0.1:9"),
             "TGI_INF_WORKFLOW_KW_ARGS": json.dumps({"retry_params": {"tries": 2, "delay": 0.1}}),
         }
     )
     try:
-        assert ready_after < 5.0
         response = job(url, {"source": 1, "destination": 1, "data": {"text": "x"}})
         assert response.status_code == 503
         assert response.json()["description"].startswith("upstream unreachable at http://127.0.0.1:9")
