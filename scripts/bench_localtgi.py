@@ -1,16 +1,20 @@
-"""Benchmark the localtgi engine on one model, everything measured side by side in one run.
+"""Benchmark localtgi's engine (OpenVINO, int8 weights, continuous batching) against the naive
+reference (transformers `generate` in torch fp32, one request at a time) on the same model, in one run.
 
-Prints:
+Prints the rows of the README's table:
   * single-stream throughput (one request alone, tokens / wall time including its prefill),
   * aggregate throughput of N concurrent streams (all submitted at once; total tokens / wall time),
-    and its ratio to the single-stream figure,
-  * time to first token of the burst (all N arrive together, so prefills queue up),
-  * time to first token under load: probe requests arriving one by one while N-1 streams decode,
-  * the naive baseline: transformers `generate`, one request at a time, same model and lengths.
+  * time to first token of a request joining N-1 running streams (probes, one at a time) and of
+    N requests arriving at once,
+  * resident memory of this process with the engine idle, and after the benchmark,
+  * start time of `python -m localtgi` to a healthy /health, with the model already prepared and
+    (with --first-start) from an empty cache (converting the GGUF),
+  * the naive reference's single-stream throughput and resident memory.
 
-Usage: .venv/bin/python scripts/bench_localtgi.py [--model-id smollm2] [--streams 16]
-       [--new-tokens 96] [--threads 1]
-Absolute numbers depend on the box (2 shared cores here); compare the ratios.
+Usage: flock /tmp/bench.lock .venv/bin/python scripts/bench_localtgi.py [--model-id smollm2]
+       [--streams 16] [--new-tokens 96] [--threads 1] [--first-start]
+Absolute numbers depend on the box (2 shared cores here, and the load average is printed): compare
+rows measured in the same run.
 """
 
 from __future__ import annotations
@@ -18,17 +22,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+import httpx
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-import torch  # noqa: E402
-
 from localtgi.engine import Engine, GenerationStream  # noqa: E402
-from localtgi.engine_types import SamplingParams, TokenEvent  # noqa: E402
+from localtgi.engine_types import SamplingParams  # noqa: E402
 from localtgi.models import LoadedModel, load_model  # noqa: E402
 
 TOPICS = [
@@ -55,12 +62,18 @@ async def consume(engine: Engine, ids: list[int], params: SamplingParams) -> tup
     start = time.perf_counter()
     first = -1.0
     count = 0
-    async for event in engine.submit(ids, params):
-        if isinstance(event, TokenEvent):
-            if count == 0:
-                first = time.perf_counter() - start
-            count += 1
+    async for _event in engine.submit(ids, params):
+        if count == 0:
+            first = time.perf_counter() - start
+        count += 1
     return count, first
+
+
+def rss_mb(pid: int | str = "self") -> float:
+    """Resident memory in MB (VmRSS)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    found = re.search(r"VmRSS:\s+(\d+) kB", status)
+    return int(found.group(1)) / 1024 if found else float("nan")
 
 
 def params(new_tokens: int, seed: int) -> SamplingParams:
@@ -75,6 +88,7 @@ async def bench_engine(lm: LoadedModel, args: argparse.Namespace) -> dict[str, f
     n = args.new_tokens
     try:
         await consume(engine, ps[0], SamplingParams(max_new_tokens=4))  # warm-up
+        idle_rss = rss_mb()
 
         start = time.perf_counter()
         single_tokens, _ = await consume(engine, ps[1], params(n, 1))
@@ -100,17 +114,19 @@ async def bench_engine(lm: LoadedModel, args: argparse.Namespace) -> dict[str, f
             await asyncio.sleep(0.25)
             stream = engine.submit(ps[-1 - i % 4], params(n, 300 + i))
             start = time.perf_counter()
-            async for event in stream:
-                if isinstance(event, TokenEvent):
-                    probe_ttft.append(time.perf_counter() - start)
-                    break
+            async for _event in stream:
+                probe_ttft.append(time.perf_counter() - start)
+                break
             stream.cancel()
         for s in background:
             s.cancel()
         await asyncio.gather(*drains)
+        after_rss = rss_mb()
     finally:
         await engine.stop()
     return {
+        "idle_rss": idle_rss,
+        "after_rss": after_rss,
         "single": single,
         "aggregate": aggregate,
         "burst_p50": statistics.median(burst_ttft),
@@ -125,16 +141,42 @@ async def drain(stream: GenerationStream, started: asyncio.Event) -> None:
         started.set()
 
 
-def bench_generate(lm: LoadedModel, args: argparse.Namespace) -> float:
-    """transformers `generate`, one request after the other: the naive server loop."""
+def bench_generate(args: argparse.Namespace) -> tuple[float, float]:
+    """transformers `generate` in fp32, one request after the other: the naive server loop.
+
+    Runs in a child process so that its memory is its own; returns (tok/s, resident MB)."""
+    out = subprocess.run(
+        [sys.executable, __file__, "--reference-only", "--model-id", args.model_id,
+         "--new-tokens", str(args.new_tokens), "--threads", str(args.threads),
+         "--baseline-requests", str(args.baseline_requests)],
+        capture_output=True, text=True, check=True, timeout=1800,
+    )
+    speed, rss = out.stdout.split()[-2:]
+    return float(speed), float(rss)
+
+
+def reference_main(args: argparse.Namespace) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from localtgi.models import build_tiny_torch, smollm2_gguf_path
+
     torch.set_num_threads(args.threads)
+    lm = load_model(args.model_id)
+    if args.model_id == "tiny":
+        model, _ = build_tiny_torch()
+    else:
+        gguf = smollm2_gguf_path()
+        model = AutoModelForCausalLM.from_pretrained(
+            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+        )
     ps = prompts(lm, args.baseline_requests)
     tokens = 0
     start = time.perf_counter()
     with torch.inference_mode():
         for i, p in enumerate(ps):
             torch.manual_seed(i)
-            out = lm.model.generate(
+            out = model.generate(
                 torch.tensor([p]),
                 attention_mask=torch.ones(1, len(p), dtype=torch.long),
                 max_new_tokens=args.new_tokens,
@@ -146,7 +188,32 @@ def bench_generate(lm: LoadedModel, args: argparse.Namespace) -> float:
                 pad_token_id=lm.tokenizer.pad_token_id or 0,
             )
             tokens += out.shape[1] - len(p)
-    return tokens / (time.perf_counter() - start)
+    print(f"{tokens / (time.perf_counter() - start):.2f} {rss_mb():.1f}")
+
+
+def start_seconds(model_id: str, threads: int, cache: str | None) -> float:
+    """Seconds from launching `python -m localtgi` to /health answering 200."""
+    env = dict(os.environ)
+    if cache is not None:
+        env["LOCALTGI_CACHE"] = cache
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "localtgi", "--model-id", model_id, "--port", "0",
+         "--num-threads", str(threads)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
+    )
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            ready = re.match(r"localtgi ready: .* on (http://\S+)", line)
+            if ready:
+                while httpx.get(f"{ready.group(1)}/health", timeout=10).status_code != 200:
+                    time.sleep(0.05)
+                return time.perf_counter() - start
+        raise RuntimeError(f"localtgi exited with {proc.wait()}")
+    finally:
+        proc.terminate()
+        proc.wait(30)
 
 
 def main() -> None:
@@ -157,22 +224,35 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--probes", type=int, default=8)
     parser.add_argument("--baseline-requests", type=int, default=2)
+    parser.add_argument("--first-start", action="store_true", help="also time a start from an empty cache")
+    parser.add_argument("--reference-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.reference_only:
+        reference_main(args)
+        return
     lm = load_model(args.model_id, progress=lambda m: print(f"  {m}", file=sys.stderr))
-    load = os.getloadavg()[0]
     print(f"model {lm.model_id}, {args.threads} thread(s), {args.new_tokens} new tokens/request")
-    print(f"box: {os.cpu_count()} cores, load average {load:.2f} at start (shared box: noisy)")
+    print(f"box: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at start (shared box: noisy)")
     r = asyncio.run(bench_engine(lm, args))
-    baseline = bench_generate(lm, args)
-    print(f"single stream            {r['single']:8.1f} tok/s")
-    print(f"{args.streams:2d} streams aggregate      {r['aggregate']:8.1f} tok/s")
-    print(f"ratio aggregate/single   {r['aggregate'] / r['single']:8.2f} x")
-    print(f"TTFT burst ({args.streams} at once)   p50 {r['burst_p50']:.3f} s  max {r['burst_max']:.3f} s")
-    print(
-        f"TTFT under load ({args.streams - 1} busy) p50 {r['load_p50']:.3f} s  max {r['load_max']:.3f} s"
-    )
-    print(f"HF generate, sequential  {baseline:8.1f} tok/s")
-    print(f"aggregate / HF generate  {r['aggregate'] / baseline:8.2f} x")
+    prepared = start_seconds(args.model_id, args.threads, None)
+    first = None
+    if args.first_start:
+        with tempfile.TemporaryDirectory() as empty:
+            first = start_seconds(args.model_id, args.threads, empty)
+    baseline, baseline_rss = bench_generate(args)
+    n = args.streams
+    print("| measure | localtgi (OpenVINO int8, batched) | naive reference (torch fp32 generate) |")
+    print("|---|---|---|")
+    print(f"| one stream | {r['single']:.0f} tok/s | {baseline:.0f} tok/s |")
+    print(f"| {n} concurrent streams, aggregate | {r['aggregate']:.0f} tok/s "
+          f"| {baseline:.0f} tok/s (one at a time) |")
+    print(f"| time to first token, joining {n - 1} running / {n} arriving at once (p50, max) | "
+          f"{r['load_p50']:.2f}, {r['load_max']:.2f} s / {r['burst_p50']:.2f}, {r['burst_max']:.2f} s | - |")
+    print(f"| resident memory, idle / after the benchmark | {r['idle_rss']:.0f} / {r['after_rss']:.0f} MB "
+          f"| {baseline_rss:.0f} MB after {args.baseline_requests} requests |")
+    first_text = f"{first:.1f} s" if first is not None else "not measured (--first-start)"
+    print(f"| start, model prepared / first start | {prepared:.1f} s / {first_text} | - |")
+    print(f"load average at end: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from hypercorn.config import Config
 from quart import Quart
 
 from localtgi.errors import ModelLoadError, SettingsError
+from localtgi.server import stop_generating
 from localtgi.settings import Settings
 
 
@@ -137,7 +138,11 @@ async def serve(
 ) -> None:
     """Serve `app` with hypercorn on settings.hostname:port until `shutdown` is set (or, in the main
     thread, SIGINT/SIGTERM arrive). `ready(port)` is called once the app has started; with port 0 it
-    tells the port the system chose. Raises OSError when the address cannot be bound."""
+    tells the port the system chose. Raises OSError when the address cannot be bound.
+
+    At shutdown the engine stops first (`app.stop_generating`): every stream in flight then ends
+    with TGI's error event and every waiting request with its JSON error, well within hypercorn's
+    grace period, instead of having its connection cut."""
     stop = shutdown or asyncio.Event()
     family = socket.AF_INET6 if ":" in settings.hostname else socket.AF_INET
     # Binding here (not in hypercorn) makes "address in use" an immediate error and lets port 0 work.
@@ -158,7 +163,12 @@ async def serve(
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-    await hypercorn_serve(app, config, shutdown_trigger=stop.wait)
+
+    async def stopped() -> None:
+        await stop.wait()
+        await stop_generating(app)
+
+    await hypercorn_serve(app, config, shutdown_trigger=stopped)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,21 +1,27 @@
 """Continuous-batching generation: the scheduler between the HTTP layer and the model.
 
 Use one `Engine` per loaded model. `submit` a tokenized prompt with its `SamplingParams` from the
-event loop and iterate the returned `GenerationStream`: `TokenEvent`s, then exactly one
-`FinishEvent`. All model work runs in one worker thread (linear layers on prepacked oneDNN weights,
-`batch.PackedLinears`), which loops: admit waiting requests (those that arrived together are
-prefilled together and emit their first token at once), drop cancelled and finished rows, then run
-one batched decode step for every active row (`batch.DecodeBatch`). Requests join and leave between
-steps; a cancelled stream leaves at the next step. Each request samples from its own
-`torch.Generator` (`sampling.TokenChooser`), so a seeded request gives the same text alone or in a
-batch (up to float rounding of batched kernels). Events reach asyncio via `call_soon_threadsafe`.
-When idle the worker sleeps on a condition variable.
+event loop and iterate the returned `GenerationStream`: `TokenEvent`s, the last one carrying the
+`FinishEvent`. All model work runs in one worker thread, which compiles the OpenVINO network
+(`network.Network`) and then loops: admit waiting requests (those that arrived together are
+prefilled together and emit their first token at once, `prefill`), drop cancelled and finished
+rows, then run one batched decode step for every active row (`decode_batch.DecodeBatch`). Requests
+join and leave between steps; a cancelled stream leaves at the next step. Each request samples
+from its own `torch.Generator` (`sampling.TokenChooser`) over the network's logits, so a seeded
+request gives the same text alone or in a batch (up to float rounding of batched kernels). Events
+reach asyncio via `call_soon_threadsafe`. When idle the worker sleeps on a condition variable.
+
+If the worker itself dies (the network does not compile, or an error escapes a step's own
+handling), the engine is dead for good: the failure is logged once, `failure` holds TGI's
+generation error, every queued and running request fails with it at once, `submit` raises it, and
+`/health` answers 503.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -23,7 +29,8 @@ from typing import Any
 
 import torch
 
-from localtgi import batch as kvbatch
+from localtgi import prefill as prefill_mod
+from localtgi.decode_batch import DecodeBatch
 from localtgi.detokenizer import Detokenizer
 from localtgi.engine_types import (
     FinishEvent,
@@ -36,14 +43,16 @@ from localtgi.engine_types import (
 from localtgi.errors import GenerationError, IncompleteGenerationError, LocalTGIError
 from localtgi.grammar import GrammarCompiler, GrammarMatcher
 from localtgi.models import LoadedModel
+from localtgi.network import Network
 from localtgi.sampling import TokenChooser
 
+log = logging.getLogger(__name__)
 _CLOSED = object()  # queue sentinel: the consumer cancelled
 _PREFILL_TOKENS = 1024  # rows x padded length of one batched prefill
 
 
 class GenerationStream:
-    """The events of one generation, in order: `TokenEvent`s then exactly one `FinishEvent`.
+    """The tokens of one generation, in order; the last one has `finish` set.
 
     If the engine stops (or the model fails) first, `__anext__` raises IncompleteGenerationError
     (or GenerationError). After `cancel()` it raises StopAsyncIteration.
@@ -58,7 +67,7 @@ class GenerationStream:
     def __aiter__(self) -> GenerationStream:
         return self
 
-    async def __anext__(self) -> TokenEvent | FinishEvent:
+    async def __anext__(self) -> TokenEvent:
         if self._finished or self.cancelled:
             raise StopAsyncIteration
         item = await self._queue.get()
@@ -67,9 +76,10 @@ class GenerationStream:
         if isinstance(item, BaseException):
             self._finished = True
             raise item
-        if isinstance(item, FinishEvent):
+        assert isinstance(item, TokenEvent)
+        if item.finish is not None:
             self._finished = True
-        return item  # type: ignore[no-any-return]
+        return item
 
     def cancel(self) -> None:
         """Stop generating; the sequence leaves the batch at the next step. Idempotent."""
@@ -116,8 +126,7 @@ class Engine:
         self.loaded = model
         self.max_batch_size = max_batch_size
         self.threads = threads
-        head: Any = model.model.get_output_embeddings()  # type: ignore[no-untyped-call]
-        self.vocab_size = int(head.weight.shape[0])
+        self.vocab_size = model.shape.vocab_size
         tok = model.tokenizer
         self._special = frozenset(int(i) for i in tok.all_special_ids) | model.eos_token_ids
         self._special |= frozenset(
@@ -125,14 +134,13 @@ class Engine:
         )
         self._cond = threading.Condition()
         self._waiting: deque[_Sequence] = deque()
-        self._jobs: deque[tuple[Callable[[], Any], concurrent.futures.Future[Any]]] = deque()
+        self._jobs: deque[tuple[Callable[[Network], Any], concurrent.futures.Future[Any]]] = deque()
         self._active: list[_Sequence] = []
-        self._batch = kvbatch.DecodeBatch()
         self._running = False
+        self.failure: GenerationError | None = None  # set once when the worker dies
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._grammar: GrammarCompiler | None = None
-        self._prefix: kvbatch.Prefix | None = None
 
     # ----- event-loop side -------------------------------------------------------------------
 
@@ -145,7 +153,6 @@ class Engine:
         self._grammar = await asyncio.to_thread(
             GrammarCompiler, lm.tokenizer, self.vocab_size, lm.eos_token_ids
         )
-        self._prefix = await asyncio.to_thread(self._chat_prefix)
         self._running = True
         self._thread = threading.Thread(target=self._work, name="localtgi-engine", daemon=True)
         self._thread.start()
@@ -164,16 +171,22 @@ class Engine:
 
         A grammar that does not compile raises GrammarError here, before anything is queued.
         """
-        if not self._running or self._grammar is None:
+        if self._grammar is None:
             raise GenerationError("the engine is not running")
         if not input_ids:
             raise GenerationError("empty input")
         prompt = [int(i) for i in input_ids]
+        if not all(0 <= i < self.vocab_size for i in prompt):
+            raise GenerationError("input token id out of range")
         matcher = self._grammar.compile(params.grammar) if params.grammar is not None else None
         stream = GenerationStream(self._wake)
         chooser = TokenChooser(params, prompt, self.vocab_size)
         seq = _Sequence(stream, prompt, params, chooser, matcher, Detokenizer(self.loaded.tokenizer, prompt))
-        with self._cond:
+        with self._cond:  # checked under the lock: the worker drains the queue when it stops
+            if self.failure is not None:
+                raise GenerationError(self.failure.message)
+            if not self._running:
+                raise GenerationError("the engine is not running")
             self._waiting.append(seq)
             self._cond.notify_all()
         return stream
@@ -182,7 +195,7 @@ class Engine:
         """Prompt tokens with their log-probabilities (`decoder_input_details`), computed on the
         worker thread between steps."""
         ids = [int(i) for i in input_ids]
-        logprobs = await self._run_job(lambda: kvbatch.prompt_logprobs(self.loaded.model, ids))
+        logprobs = await self._run_job(lambda net: prefill_mod.prompt_logprobs(net, ids))
         tok = self.loaded.tokenizer
         return [
             PrefillToken(id=i, text=str(tok.decode([i])), logprob=lp)
@@ -200,21 +213,13 @@ class Engine:
         with self._cond:  # the worker pops from this deque
             return sum(1 for s in self._waiting if not s.stream.cancelled)
 
-    def _chat_prefix(self) -> kvbatch.Prefix | None:
-        # Every chat request starts with the template's opening (SmolLM2: a 24-token system turn);
-        # prefilling it once cuts a typical chat prefill by more than half.
-        ids = kvbatch.chat_prefix_ids(self.loaded.tokenizer)
-        if len(ids) < 4:
-            return None
-        torch.set_num_threads(self.threads)
-        with torch.inference_mode():
-            return kvbatch.compute_prefix(self.loaded.model, ids)
-
-    async def _run_job(self, fn: Callable[[], Any]) -> Any:
-        if not self._running:
-            raise GenerationError("the engine is not running")
+    async def _run_job(self, fn: Callable[[Network], Any]) -> Any:
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         with self._cond:
+            if self.failure is not None:
+                raise GenerationError(self.failure.message)
+            if not self._running:
+                raise GenerationError("the engine is not running")
             self._jobs.append((fn, future))
             self._cond.notify_all()
         return await asyncio.wrap_future(future)
@@ -234,15 +239,25 @@ class Engine:
     # ----- worker side -----------------------------------------------------------------------
 
     def _work(self) -> None:
-        torch.set_num_threads(self.threads)
-        packed = kvbatch.PackedLinears(self.loaded.model)
         try:
-            self._loop_until_stopped()
+            torch.set_num_threads(self.threads)
+            net = Network(self.loaded.network, self.loaded.shape, threads=self.threads)
+            # Every chat request starts with the template's opening (SmolLM2: a 24-token system
+            # turn); prefilling it once cuts a typical chat prefill by more than half.
+            ids = prefill_mod.chat_prefix_ids(self.loaded.tokenizer)
+            prefix = prefill_mod.compute_prefix(net, ids) if len(ids) >= 4 else None
+            self._loop_until_stopped(net, DecodeBatch(net), prefix)
+        except BaseException as exc:  # noqa: BLE001 - the worker is gone; say so everywhere, once
+            log.error("localtgi engine worker died: %s: %s", type(exc).__name__, exc, exc_info=exc)
+            with self._cond:
+                self.failure = GenerationError(f"the model worker stopped: {type(exc).__name__}: {exc}")
+                self._running = False
         finally:
-            packed.close()
             self._shutdown()
 
-    def _loop_until_stopped(self) -> None:
+    def _loop_until_stopped(
+        self, net: Network, batch: DecodeBatch, prefix: prefill_mod.Prefix | None
+    ) -> None:
         with torch.inference_mode():
             while True:
                 with self._cond:
@@ -255,33 +270,35 @@ class Engine:
                     jobs = list(self._jobs)
                     self._jobs.clear()
                 for fn, future in jobs:
-                    self._run_one_job(fn, future)
+                    self._run_one_job(net, fn, future)
                 try:
-                    self._admit(admitted)
-                    self._drop_finished()
+                    self._admit(net, batch, prefix, admitted)
+                    self._drop_finished(batch)
                     if self._active:
-                        self._decode_step()
+                        self._decode_step(batch)
                 except LocalTGIError as exc:
-                    self._fail_all(exc)
-                except Exception as exc:  # noqa: BLE001 - a model failure must not kill the worker
-                    self._fail_all(GenerationError(f"{type(exc).__name__}: {exc}"))
+                    self._fail_all(batch, exc)
+                except Exception as exc:  # noqa: BLE001 - a failed step fails its rows, not the worker
+                    self._fail_all(batch, GenerationError(f"{type(exc).__name__}: {exc}"))
 
-    def _run_one_job(self, fn: Callable[[], Any], future: concurrent.futures.Future[Any]) -> None:
+    def _run_one_job(
+        self, net: Network, fn: Callable[[Network], Any], future: concurrent.futures.Future[Any]
+    ) -> None:
         if not future.set_running_or_notify_cancel():
             return
         try:
-            future.set_result(fn())
+            future.set_result(fn(net))
         except Exception as exc:  # noqa: BLE001 - handed to the awaiting coroutine
             future.set_exception(GenerationError(f"{type(exc).__name__}: {exc}"))
 
-    def _admit(self, admitted: list[_Sequence]) -> None:
-        kvs: list[kvbatch.KV] = []
+    def _admit(
+        self, net: Network, batch: DecodeBatch, prefix: prefill_mod.Prefix | None, admitted: list[_Sequence]
+    ) -> None:
+        kvs: list[prefill_mod.RowCache] = []
         joined: list[_Sequence] = []
         for group in self._prefill_groups([s for s in admitted if not s.stream.cancelled]):
             try:
-                results = kvbatch.prefill_many(
-                    self.loaded.model, [s.prompt for s in group], self._prefix
-                )
+                results = prefill_mod.prefill_many(net, [s.prompt for s in group], prefix)
             except Exception as exc:  # noqa: BLE001 - only these requests fail
                 for seq in group:
                     self._fail(seq, GenerationError(f"{type(exc).__name__}: {exc}"))
@@ -292,7 +309,7 @@ class Engine:
                     joined.append(seq)
         # Joined first: if merging fails, _fail_all reaches them too.
         self._active.extend(joined)
-        self._batch.add(kvs)
+        batch.add(kvs)
 
     def _prefill_groups(self, seqs: list[_Sequence]) -> list[list[_Sequence]]:
         """Requests that arrive together are prefilled together (one forward is much cheaper than
@@ -306,18 +323,18 @@ class Engine:
                 groups.append([seq])
         return groups
 
-    def _drop_finished(self) -> None:
+    def _drop_finished(self, batch: DecodeBatch) -> None:
         keep = [i for i, s in enumerate(self._active) if not (s.finished or s.stream.cancelled)]
         if len(keep) != len(self._active):
-            self._batch.keep(keep)
+            batch.keep(keep)
             self._active = [self._active[i] for i in keep]
 
-    def _decode_step(self) -> None:
-        logits = self._batch.step(self.loaded.model, [s.last_token for s in self._active])
+    def _decode_step(self, batch: DecodeBatch) -> None:
+        logits = batch.step([s.last_token for s in self._active])
         for row, seq in enumerate(self._active):
             if not seq.stream.cancelled:
                 self._advance_or_fail(seq, logits[row])
-        self._drop_finished()
+        self._drop_finished(batch)
 
     def _advance_or_fail(self, seq: _Sequence, logits: torch.Tensor) -> bool:
         """`_advance`, failing only this sequence on error; True while it goes on."""
@@ -367,15 +384,7 @@ class Engine:
             TopToken(id=i, text=str(tok.decode([i])), logprob=lp, special=i in self._special)
             for i, lp in choice.top
         )
-        event = TokenEvent(
-            index=seq.generated,
-            id=token,
-            text=text,
-            logprob=choice.logprob,
-            special=special,
-            top_tokens=top,
-        )
-        self._deliver(seq.stream, event)
+        finish = None
         if reason is not None:
             seq.finished = True
             finish = FinishEvent(
@@ -384,30 +393,42 @@ class Engine:
                 generated_tokens=seq.generated,
                 seed=seq.chooser.seed,
             )
-            self._deliver(seq.stream, finish)
+        event = TokenEvent(
+            index=seq.generated,
+            id=token,
+            text=text,
+            logprob=choice.logprob,
+            special=special,
+            top_tokens=top,
+            finish=finish,
+        )
+        self._deliver(seq.stream, event)
 
     def _fail(self, seq: _Sequence, exc: BaseException) -> None:
         seq.finished = True
         self._deliver(seq.stream, exc)
 
-    def _fail_all(self, exc: BaseException) -> None:
+    def _fail_all(self, batch: DecodeBatch, exc: BaseException) -> None:
         for seq in self._active:
             if not seq.finished:
                 self._fail(seq, type(exc)(str(exc)))
         self._active = []
-        self._batch.clear()
+        batch.clear()
 
     def _shutdown(self) -> None:
+        """Fail everything still queued or running: with the worker's failure if it died, else as
+        an incomplete generation (the engine was stopped)."""
         with self._cond:
             pending = list(self._waiting)
             self._waiting.clear()
             jobs = list(self._jobs)
             self._jobs.clear()
+            failure = self.failure
         for seq in [*self._active, *pending]:
             if not seq.finished:
-                self._fail(seq, IncompleteGenerationError("Incomplete generation stream"))
+                error = failure or IncompleteGenerationError("Incomplete generation stream")
+                self._fail(seq, type(error)(str(error)))
         self._active = []
-        self._batch.clear()
         for _fn, future in jobs:
             if future.set_running_or_notify_cancel():
-                future.set_exception(IncompleteGenerationError("the engine stopped"))
+                future.set_exception(failure or IncompleteGenerationError("the engine stopped"))

@@ -1,8 +1,8 @@
 """Value types shared by the engine and the HTTP layer of localtgi.
 
 Use these to hand a tokenized, validated request to the engine (`SamplingParams`) and to read what it
-produces (`TokenEvent`, then exactly one `FinishEvent`). They carry no torch objects, so the HTTP layer can
-build and read them without touching the model.
+produces (`TokenEvent`s, the last one carrying a `FinishEvent`). They carry no torch objects, so the
+HTTP layer can build and read them without touching the model.
 """
 
 from __future__ import annotations
@@ -64,11 +64,12 @@ class TokenEvent:
     logprob: float
     special: bool
     top_tokens: tuple[TopToken, ...] = field(default_factory=tuple)
+    finish: FinishEvent | None = None  # set on the last token of the generation only
 
 
 @dataclass(frozen=True)
 class FinishEvent:
-    """The last event of every generation."""
+    """How a generation ended; carried by its last `TokenEvent`."""
 
     finish_reason: FinishReason
     generated_text: str  # all non-special generated text; a matched stop sequence is kept

@@ -87,6 +87,8 @@ class GrammarCompiler:
             raise
         except (ValueError, TypeError) as exc:
             raise GrammarError(f"invalid grammar: {exc}") from exc
+        except RecursionError:
+            raise GrammarError("invalid grammar: nested too deeply") from None
         matcher = ll.LLMatcher(self._lltok, grammar, log_level=0)
         if matcher.is_error():
             raise GrammarError(f"invalid grammar: {matcher.get_error()}")

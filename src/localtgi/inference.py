@@ -120,13 +120,17 @@ def _foreign(exc: Exception) -> LocalTGIError:
 
 
 async def gather_all(coros: list[Coroutine[Any, Any, T]]) -> list[T]:
-    """asyncio.gather that cancels the siblings when one fails (so no generation is left running)."""
-    tasks = [asyncio.ensure_future(c) for c in coros]
+    """Run `coros` in a TaskGroup: when one fails the others are cancelled (and their engine rows
+    dropped, permits released by their own cleanup) before the first error is raised."""
     try:
-        return list(await asyncio.gather(*tasks))
-    finally:
-        for task in tasks:
-            task.cancel()
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(c) for c in coros]
+    except BaseExceptionGroup as exc:
+        first = exc.exceptions[0]
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        raise first from None
+    return [task.result() for task in tasks]
 
 
 class Inference:
@@ -184,7 +188,7 @@ class Inference:
                     return_full_text_default=return_full_text_default,
                 )
                 clock.validated = time.perf_counter()
-                sequences = await asyncio.gather(*(self._collect(request, clock) for _ in range(best_of)))
+                sequences = await gather_all([self._collect(request, clock) for _ in range(best_of)])
                 prefill: list[PrefillToken] = []
                 if request.decoder_input_details:
                     prefill = await self.engine.prefill(request.input_ids)
@@ -213,12 +217,10 @@ class Inference:
         stream = self.engine.submit(request.input_ids, request.params)
         try:
             async for event in stream:
-                if isinstance(event, TokenEvent):
-                    if clock.first_token is None:
-                        clock.first_token = time.perf_counter()
-                    tokens.append(event)
-                else:
-                    finish = event
+                if clock.first_token is None:
+                    clock.first_token = time.perf_counter()
+                tokens.append(event)
+                finish = event.finish
         finally:
             if finish is None:
                 stream.cancel()
@@ -240,9 +242,9 @@ class Inference:
 
 
 class TokenStream:
-    """Validated request + engine stream. Iterate it for TokenEvents then one FinishEvent; LocalTGIError
-    is raised from the iteration (overload, validation, generation). Closing it (or the task being
-    cancelled) cancels the generation and frees the permit at once."""
+    """Validated request + engine stream. Iterate `events()` for TokenEvents (the last one carries its
+    FinishEvent); LocalTGIError is raised from the iteration (overload, validation, generation).
+    Closing it (or the task being cancelled) cancels the generation and frees the permit at once."""
 
     def __init__(
         self,
@@ -260,7 +262,7 @@ class TokenStream:
         self.request: ValidRequest | None = None
         self.clock = Clock()
 
-    async def events(self) -> AsyncGenerator[TokenEvent | FinishEvent, None]:
+    async def events(self) -> AsyncGenerator[TokenEvent, None]:
         inference = self._inference
         inference.metrics.request()
         permit = None
@@ -277,12 +279,14 @@ class TokenStream:
             self.clock.validated = time.perf_counter()
             stream = inference.engine.submit(self.request.input_ids, self.request.params)
             async for event in stream:
-                if isinstance(event, FinishEvent):
+                if self.clock.first_token is None:
+                    self.clock.first_token = time.perf_counter()
+                if event.finish is not None:
                     finished = True
                     timings = self.clock.timings()
-                    inference.metrics.success(timings, event.generated_tokens, self.request.input_length)
-                elif self.clock.first_token is None:
-                    self.clock.first_token = time.perf_counter()
+                    inference.metrics.success(
+                        timings, event.finish.generated_tokens, self.request.input_length
+                    )
                 yield event
             if not finished:
                 raise IncompleteGenerationError("Incomplete generation stream")
@@ -304,42 +308,10 @@ class TokenStream:
                 permit.release()
 
     async def tokens(self) -> AsyncGenerator[tuple[TokenEvent, FinishEvent | None], None]:
-        """The events paired up: each token, and with the last one its FinishEvent.
-
-        TGI puts the final text on the last token's event, so a token that may be the last one (length
-        reached, an EOS id, a stop sequence in the text) is held until the engine says whether it was;
-        the engine sends the FinishEvent right after it. Other tokens go out at once.
-        """
-        held: TokenEvent | None = None
-        last_sent: TokenEvent | None = None
-        text = ""
+        """Each token with its FinishEvent (None but on the last one), as the SSE layers want them."""
         async with aclosing(self.events()) as events:
             async for event in events:
-                if isinstance(event, FinishEvent):
-                    token = held or last_sent
-                    if token is None:
-                        raise IncompleteGenerationError("Incomplete generation stream")
-                    if held is None:
-                        log.warning("finish event after a token not predicted to be the last one")
-                    yield token, event
-                    return
-                if held is not None:
-                    yield held, None
-                    held = None
-                if not event.special:
-                    text += event.text
-                assert self.request is not None
-                params = self.request.params
-                if (
-                    event.index >= params.max_new_tokens
-                    or event.id in self._inference.eos_token_ids
-                    or any(stop in text for stop in params.stop)
-                    or params.grammar is not None
-                ):
-                    held = event
-                else:
-                    yield event, None
-                    last_sent = event
+                yield event, event.finish
 
 
 def prompt_chars(inputs: Sequence[str] | str) -> int:

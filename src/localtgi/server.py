@@ -62,6 +62,14 @@ def server() -> Server:
     return found
 
 
+async def stop_generating(app: Any) -> None:
+    """Mark the app unhealthy and stop its engine: unfinished requests fail with TGI's errors."""
+    found: Server | None = app.extensions.get(EXTENSION)
+    if found is not None:
+        found.healthy = False
+        await found.engine.stop()
+
+
 def error_message(exc: LocalTGIError) -> str:
     """TGI's `error` text for an error: validation errors get their prefix, generation errors theirs."""
     if isinstance(exc, ValidationError):

@@ -61,6 +61,28 @@ def check_stream(parameters: GenerateParameters) -> None:
         raise ValidationError("`decoder_input_details` == true is not supported when streaming tokens")
 
 
+# Deeper schemas are refused before any recursive code (json, jsonschema, llguidance) sees them:
+# at ~200 levels they exhaust Python's recursion limit or llguidance's own.
+MAX_SCHEMA_DEPTH = 64
+
+
+def nesting_depth(value: Any) -> int:
+    """Depth of nested dicts/lists in `value`, counted without recursion (hostile input)."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
 def _grammar(grammar: JsonGrammar | RegexGrammar | JsonSchemaGrammar) -> GrammarSpec:
     if isinstance(grammar, RegexGrammar):
         return GrammarSpec(kind="regex", value=grammar.value)
@@ -74,8 +96,16 @@ def _grammar(grammar: JsonGrammar | RegexGrammar | JsonSchemaGrammar) -> Grammar
             schema = json.loads(schema)
         except json.JSONDecodeError as exc:
             raise ValidationError(f"grammar is not valid: {exc}") from None
+        except RecursionError:
+            raise ValidationError(
+                f"grammar is not valid: nested deeper than {MAX_SCHEMA_DEPTH} levels"
+            ) from None
     if not isinstance(schema, dict):
         raise ValidationError("grammar is not supported")
+    if nesting_depth(schema) > MAX_SCHEMA_DEPTH:
+        raise ValidationError(
+            f"grammar is not valid: nested deeper than {MAX_SCHEMA_DEPTH} levels"
+        ) from None
     try:
         jsonschema.Draft202012Validator.check_schema(schema)
     except jsonschema.SchemaError as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import re
 import time
@@ -198,7 +199,9 @@ async def test_finish_reasons_stop_and_grammar(localtgi: RunningServer) -> None:
     body = r.json()
     assert body["details"]["finish_reason"] == "stop_sequence"
     assert body["generated_text"].endswith(stop) or stop in body["generated_text"]  # kept
-    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    # Bounded, so that greedy noise from the tiny model must close the object within 40 tokens.
+    schema = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 0, "maximum": 999}},
+              "required": ["n"], "additionalProperties": False}
     r = await post(localtgi, "/generate", {"inputs": "Hello", "parameters": {
         "max_new_tokens": 40, "details": True, "grammar": {"type": "json", "value": schema}}})
     body = r.json()
@@ -396,3 +399,47 @@ async def test_engine_stopping_mid_request(tiny_model: LoadedModel) -> None:
             assert health.json() == {"error": "unhealthy", "error_type": "healthcheck"}
     finally:
         server.close()
+
+
+async def test_dead_model_worker_is_unhealthy_and_fails_requests_at_once(
+    tiny_model: LoadedModel, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The worker cannot prepare the network (here: it is no network at all), so it dies at start."""
+    broken = dataclasses.replace(tiny_model, network="/nonexistent/network.xml")
+    server = RunningServer(Settings(model_id="tiny", hostname="127.0.0.1", port=0), broken).start()
+    want = re.compile(r"Request failed during generation: the model worker stopped: \w+")
+    try:
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as c:
+            health = await c.get("/health")
+            assert health.status_code == 503
+            assert health.json() == {"error": "unhealthy", "error_type": "healthcheck"}
+            started = time.monotonic()
+            r = await c.post("/generate", json={"inputs": "Hello", "parameters": {"max_new_tokens": 5}})
+            assert r.status_code == 424 and r.json()["error_type"] == "generation"
+            assert want.match(r.json()["error"]), r.json()
+            s = await c.post("/generate_stream", json={"inputs": "Hello"})
+            [event] = sse_events(s.content)
+            assert event["error_type"] == "generation" and want.match(event["error"])
+            o = await c.post("/v1/completions", json={"model": "tiny", "prompt": "Hi", "max_tokens": 3})
+            assert o.status_code == 424
+            assert time.monotonic() - started < 2  # nothing waits for a worker that is gone
+            assert server.state.inference.permits.taken == 0
+    finally:
+        server.close()
+    died = [r for r in caplog.records if "engine worker died" in r.getMessage()]
+    assert len(died) == 1
+
+
+@pytest.mark.parametrize("depth", [200, 3000])
+async def test_deeply_nested_grammar_is_422(localtgi: RunningServer, depth: int) -> None:
+    text = '{"type":"object","properties":{"a":' * depth + "{}" + "}}" * depth
+    r = await post(localtgi, "/generate",
+                   {"inputs": "Hi", "parameters": {"grammar": {"type": "json", "value": text}}})
+    assert r.status_code == 422, r.text
+    assert r.json() == {"error": "Input validation error: grammar is not valid: nested deeper than 64 levels",
+                        "error_type": "validation"}
+    if depth == 200:  # the same schema as a JSON object (not a string) in the body
+        schema = json.loads(text)
+        r = await post(localtgi, "/generate",
+                       {"inputs": "Hi", "parameters": {"grammar": {"type": "json", "value": schema}}})
+        assert r.status_code == 422 and "nested deeper than 64 levels" in r.json()["error"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import socket
@@ -20,7 +21,7 @@ def launch(*args: str) -> subprocess.Popen[str]:
     )
 
 
-def test_serves_until_ctrl_c() -> None:
+def test_serves_until_sigterm_and_ends_streams_with_tgi_errors() -> None:
     with launch("--model-id", "tiny", "--port", "0", "--num-threads", "1",
                 "--max-concurrent-requests", "7") as proc:
         assert proc.stdout is not None
@@ -35,7 +36,14 @@ def test_serves_until_ctrl_c() -> None:
         url = ready.group(1)
         assert httpx.get(f"{url}/health", timeout=10).status_code == 200
         assert httpx.get(f"{url}/info", timeout=10).json()["max_concurrent_requests"] == 7
-        proc.send_signal(signal.SIGINT)  # Ctrl-C: graceful shutdown, exit status 0
+        long = {"inputs": "Hello", "parameters": {"max_new_tokens": 1900}}
+        with httpx.stream("POST", f"{url}/generate_stream", json=long, timeout=30) as stream:
+            lines = stream.iter_lines()
+            assert next(lines).startswith("data:{")  # a stream in flight when the signal comes
+            proc.send_signal(signal.SIGTERM)
+            rest = [line for line in lines if line]  # read to the end: no cut connection
+        assert json.loads(rest[-1][len("data:") :]) == {
+            "error": "Incomplete generation stream", "error_type": "incomplete_generation_stream"}
         out, _ = proc.communicate(timeout=15)
         assert proc.returncode == 0 and out == "localtgi: stopped\n"
 

@@ -91,8 +91,9 @@ def test_compile_is_fast(compiler: GrammarCompiler) -> None:
 
 async def generate(engine: Engine, tiny: LoadedModel, params: SamplingParams) -> FinishEvent:
     events = [e async for e in engine.submit(tiny.tokenizer.encode("Hello"), params)]
-    assert isinstance(events[-1], FinishEvent)
-    return events[-1]
+    finish = events[-1].finish
+    assert isinstance(finish, FinishEvent)
+    return finish
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import pathlib
 import subprocess
 import sys
@@ -12,19 +13,23 @@ import torch
 
 from localtgi.errors import ModelLoadError
 from localtgi.models import (
+    CACHE_FORMAT,
     LoadedModel,
     build_tiny_model,
+    cache_is_current,
     default_cache_dir,
     load_model,
     smollm2_gguf_path,
 )
+from localtgi.network import Network, NetworkShape
+from localtgi.prefill import prefill_many
 
 FINGERPRINT = """
 import hashlib
-from localtgi.models import build_tiny_model
-lm = build_tiny_model()
-h = hashlib.sha256(lm.tokenizer.backend_tokenizer.to_str().encode())
-for name, tensor in sorted(lm.model.state_dict().items()):
+from localtgi.models import build_tiny_torch
+model, tokenizer = build_tiny_torch()
+h = hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode())
+for name, tensor in sorted(model.state_dict().items()):
     h.update(name.encode()); h.update(tensor.numpy().tobytes())
 print(h.hexdigest())
 """
@@ -36,8 +41,9 @@ def tiny() -> LoadedModel:
 
 
 def fingerprint(lm: LoadedModel) -> str:
+    assert lm.source is not None
     h = hashlib.sha256(lm.tokenizer.backend_tokenizer.to_str().encode())
-    for name, tensor in sorted(lm.model.state_dict().items()):
+    for name, tensor in sorted(lm.source.state_dict().items()):
         h.update(name.encode())
         h.update(tensor.numpy().tobytes())
     return h.hexdigest()
@@ -57,10 +63,12 @@ def test_tiny_is_bit_identical_across_builds_and_processes(tiny: LoadedModel) ->
 
 
 def test_tiny_shape_tokenizer_and_template(tiny: LoadedModel) -> None:
-    params = sum(p.numel() for p in tiny.model.parameters())
+    assert tiny.source is not None
+    params = sum(p.numel() for p in tiny.source.parameters())
     assert 300_000 < params < 2_000_000
-    assert tiny.model_id == "tiny" and not tiny.model.training
-    assert next(tiny.model.parameters()).dtype == torch.float32
+    assert tiny.model_id == "tiny" and not tiny.source.training
+    assert next(tiny.source.parameters()).dtype == torch.float32
+    assert tiny.shape == NetworkShape(layers=4, kv_heads=2, head_dim=32, vocab_size=len(tiny.tokenizer))
     tok = tiny.tokenizer
     assert tok.is_fast
     assert tok.eos_token == "<|im_end|>" and tok.eos_token_id in tiny.eos_token_ids
@@ -73,14 +81,18 @@ def test_tiny_shape_tokenizer_and_template(tiny: LoadedModel) -> None:
     assert tok.encode("<|im_end|>") == [tok.eos_token_id]
 
 
+def last_logits(lm: LoadedModel, text: str) -> torch.Tensor:
+    [(logits, _)] = prefill_many(Network(lm.network, lm.shape, threads=1), [lm.tokenizer.encode(text)])
+    return logits
+
+
 def test_local_directory_loads_with_from_pretrained(tiny: LoadedModel, tmp_path: pathlib.Path) -> None:
-    tiny.model.save_pretrained(tmp_path)
+    assert tiny.source is not None
+    tiny.source.save_pretrained(tmp_path)
     tiny.tokenizer.save_pretrained(tmp_path)
     loaded = load_model(str(tmp_path))
-    assert loaded.model_id == str(tmp_path)
-    ids = torch.tensor([tiny.tokenizer.encode("Hello world")])
-    with torch.inference_mode():
-        assert torch.equal(loaded.model(ids).logits, tiny.model(ids).logits)
+    assert loaded.model_id == str(tmp_path) and loaded.source is None  # torch weights not kept
+    assert torch.equal(last_logits(loaded, "Hello world"), last_logits(tiny, "Hello world"))
     assert loaded.eos_token_ids >= {tiny.tokenizer.eos_token_id}
     assert loaded.tokenizer.chat_template == tiny.tokenizer.chat_template
 
@@ -105,6 +117,24 @@ def test_hub_id_offline_fails_fast_with_a_clear_message(monkeypatch: pytest.Monk
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelLoadError, match="HF_HUB_OFFLINE"):
         load_model("HuggingFaceTB/SmolLM2-360M-Instruct")
+
+
+def test_a_model_that_is_not_llama_is_refused(tiny: LoadedModel, tmp_path: pathlib.Path) -> None:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=len(tiny.tokenizer))
+    GPT2LMHeadModel(config).save_pretrained(tmp_path)
+    tiny.tokenizer.save_pretrained(tmp_path)
+    with pytest.raises(ModelLoadError, match="Llama-architecture models only.*gpt2"):
+        load_model(str(tmp_path))
+
+
+def test_cache_in_another_format_is_not_current(tmp_path: pathlib.Path) -> None:
+    assert not cache_is_current(tmp_path)  # nothing there
+    (tmp_path / "localtgi-complete.json").write_text('{"source": "x.gguf", "seconds": 30}')
+    assert not cache_is_current(tmp_path)  # the fp32 safetensors cache of earlier versions
+    (tmp_path / "localtgi-complete.json").write_text(json.dumps({"format": CACHE_FORMAT}))
+    assert cache_is_current(tmp_path)
 
 
 def test_a_broken_directory_is_a_model_load_error(tmp_path: pathlib.Path) -> None:

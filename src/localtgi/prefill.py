@@ -1,0 +1,133 @@
+"""Prompt-side work of the engine: prefilling prompts into caches, the shared chat prefix, prompt logprobs.
+
+Use these from the engine's worker thread only (they run the thread's `Network`).
+
+* `prefill_many` runs several prompts in one forward and returns each one's last logits and its own
+  cache rows. Prompts are right-padded to a common length: causal attention keeps the padding out
+  of the real tokens, and the padding is cut off each row's cache.
+* A prompt that starts with the chat template's opening (`Prefix`, prefilled once at start) only
+  computes the rest, attending to a copy of the prefix's cache.
+* `prompt_logprobs` scores every prompt token (`decoder_input_details`) in chunks over a growing
+  cache, so memory stays bounded by the chunk, not the prompt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from localtgi.network import F32, Network
+
+RowCache = tuple[F32, F32]  # keys, values [length, layers, 1, kv_heads, head_dim]
+_LOGPROB_CHUNK = 128
+
+
+@dataclass(frozen=True)
+class Prefix:
+    """A prompt head shared by many requests (the chat template's opening), prefilled once."""
+
+    ids: tuple[int, ...]
+    cache: RowCache
+
+
+def chat_prefix_ids(tokenizer: Any) -> tuple[int, ...]:
+    """Token ids every chat-templated prompt starts with (e.g. SmolLM2's default system turn).
+
+    Two renderings with different user messages are compared, so a BPE merge across the boundary
+    cannot make the prefix wrong. Empty when the template has no common opening.
+    """
+    try:
+        a, b = (
+            tokenizer.encode(
+                tokenizer.apply_chat_template(
+                    [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False
+                )
+            )
+            for text in ("Hello there", "42? Well")
+        )
+    except Exception:  # noqa: BLE001 - a model without a usable template just gets no prefix
+        return ()
+    common = 0
+    while common < min(len(a), len(b)) and a[common] == b[common]:
+        common += 1
+    return tuple(int(i) for i in a[:common])
+
+
+def compute_prefix(network: Network, ids: Sequence[int]) -> Prefix:
+    """Prefill `ids` once, to be reused by `prefill_many` for every prompt that starts with them."""
+    _, cache = _forward_prompts(network, [list(ids)], None)[0]
+    return Prefix(ids=tuple(ids), cache=cache)
+
+
+def prefill_many(
+    network: Network, prompts: Sequence[Sequence[int]], prefix: Prefix | None = None
+) -> list[tuple[torch.Tensor, RowCache]]:
+    """Prefill prompts together; per prompt its last logits [vocab] and its own cache rows."""
+    n = len(prefix.ids) if prefix else 0
+    with_prefix: list[int] = []
+    plain: list[int] = []
+    for i, ids in enumerate(prompts):
+        fits = prefix is not None and len(ids) > n and tuple(ids[:n]) == prefix.ids
+        (with_prefix if fits else plain).append(i)
+    results: dict[int, tuple[torch.Tensor, RowCache]] = {}
+    for group, head in ((with_prefix, prefix), (plain, None)):
+        if group:
+            rows = _forward_prompts(network, [list(prompts[i]) for i in group], head)
+            results.update(zip(group, rows, strict=True))
+    return [results[i] for i in range(len(prompts))]
+
+
+def _forward_prompts(
+    network: Network, prompts: list[list[int]], prefix: Prefix | None
+) -> list[tuple[torch.Tensor, RowCache]]:
+    start = len(prefix.ids) if prefix else 0
+    rest = [p[start:] for p in prompts]
+    rows, width = len(rest), max(map(len, rest))
+    ids = np.array([r + [r[-1]] * (width - len(r)) for r in rest], dtype=np.int64)
+    mask = np.zeros((rows, start + width), dtype=np.int64)
+    for row, r in enumerate(rest):
+        mask[row, : start + len(r)] = 1
+    if prefix:
+        past_k = np.repeat(prefix.cache[0], rows, axis=2)
+        past_v = np.repeat(prefix.cache[1], rows, axis=2)
+    else:
+        past_k = past_v = network.shape.empty_cache(rows)
+    positions = np.broadcast_to(np.arange(start, start + width, dtype=np.int64), (rows, width))
+    last = np.array([[len(r) - 1] for r in rest], dtype=np.int64)
+    logits, keys, values = network.run(ids, positions, mask, past_k, past_v, last)
+    out = []
+    for row, r in enumerate(rest):
+        k = keys[: len(r), :, row : row + 1]
+        v = values[: len(r), :, row : row + 1]
+        if prefix:
+            k = np.concatenate((prefix.cache[0], k))
+            v = np.concatenate((prefix.cache[1], v))
+        out.append((torch.from_numpy(logits[row, 0]), (k, v)))
+    return out
+
+
+def prompt_logprobs(network: Network, input_ids: Sequence[int]) -> list[float | None]:
+    """Log-probability of every prompt token given the ones before it (None for the first)."""
+    ids = np.array(list(input_ids), dtype=np.int64)
+    keys = values = network.shape.empty_cache(1)
+    picked: list[float | None] = [None]
+    for start in range(0, len(ids) - 1, _LOGPROB_CHUNK):
+        chunk = ids[start : start + _LOGPROB_CHUNK]
+        end = start + len(chunk)
+        logits, k, v = network.run(
+            chunk[None],
+            np.arange(start, end, dtype=np.int64)[None],
+            np.ones((1, end), dtype=np.int64),
+            keys,
+            values,
+            np.arange(len(chunk), dtype=np.int64)[None],
+        )
+        keys, values = np.concatenate((keys, k)), np.concatenate((values, v))
+        rows = torch.log_softmax(torch.from_numpy(logits[0]), dim=-1)
+        targets = torch.from_numpy(ids[start + 1 : end + 1])
+        picked += rows[: targets.shape[0]].gather(1, targets.unsqueeze(1)).squeeze(1).tolist()
+    return picked
