@@ -50,6 +50,44 @@ class GrammarMatcher:
         return bool(self._matcher.is_accepting())
 
 
+_SUBSCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
+_SUBSCHEMA_MAPS = ("properties", "$defs", "definitions", "patternProperties")
+
+
+def closed_objects(schema: dict[str, Any]) -> dict[str, Any]:
+    """A copy of `schema` where every object with `properties` and no `additionalProperties` gets
+    `additionalProperties: false`.
+
+    TGI's JSON grammars (outlines) only ever generate the declared keys; llguidance would also allow
+    others, and a small model then wanders off into endless made-up keys. Iterative: schemas come
+    from requests (their depth is bounded by validation, but no recursion here either way).
+    """
+    root = dict(schema)
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if "properties" in node and "additionalProperties" not in node:
+            node["additionalProperties"] = False
+        for key in _SUBSCHEMA_MAPS:
+            children = node.get(key)
+            if isinstance(children, dict):
+                copied = {k: dict(v) if isinstance(v, dict) else v for k, v in children.items()}
+                node[key] = copied
+                stack.extend(v for v in copied.values() if isinstance(v, dict))
+        for key in _SUBSCHEMA_LISTS:
+            children = node.get(key)
+            if isinstance(children, list):
+                copied_list = [dict(v) if isinstance(v, dict) else v for v in children]
+                node[key] = copied_list
+                stack.extend(v for v in copied_list if isinstance(v, dict))
+        for key in ("items", "additionalProperties", "not", "if", "then", "else", "contains"):
+            child = node.get(key)
+            if isinstance(child, dict):
+                node[key] = dict(child)
+                stack.append(node[key])
+    return root
+
+
 class GrammarCompiler:
     """Compiles TGI grammars for one tokenizer."""
 
@@ -74,6 +112,7 @@ class GrammarCompiler:
                     raise GrammarError("a json grammar needs a JSON schema object")
                 if not schema:
                     schema = {"type": "object"}  # TGI: `{}` means any JSON object
+                schema = closed_objects(schema)
                 grammar = ll.LLMatcher.grammar_from_json_schema(
                     schema, defaults={"whitespace_flexible": False, "lenient": True}
                 )

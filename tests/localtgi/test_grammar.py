@@ -13,7 +13,7 @@ import pytest
 from localtgi.engine import Engine
 from localtgi.engine_types import FinishEvent, GrammarSpec, SamplingParams
 from localtgi.errors import GrammarError
-from localtgi.grammar import GrammarCompiler
+from localtgi.grammar import GrammarCompiler, closed_objects
 from localtgi.models import LoadedModel, load_model
 
 PERSON = {
@@ -120,3 +120,18 @@ async def test_grammar_cut_by_length_reports_length(engine: Engine, tiny: Loaded
     finish = await generate(engine, tiny, params)
     assert finish.finish_reason == "length"
     assert finish.generated_text.startswith('{"')
+
+
+def test_objects_are_closed_like_tgi() -> None:
+    schema = {
+        "type": "object",
+        "properties": {"a": {"type": "object", "properties": {"b": {"type": "integer"}}},
+                       "c": {"type": "array", "items": {"properties": {"d": {"type": "string"}}}}},
+        "$defs": {"e": {"properties": {}, "additionalProperties": True}},
+    }
+    closed = closed_objects(schema)
+    assert closed["additionalProperties"] is False
+    assert closed["properties"]["a"]["additionalProperties"] is False
+    assert closed["properties"]["c"]["items"]["additionalProperties"] is False
+    assert closed["$defs"]["e"]["additionalProperties"] is True  # an explicit choice is kept
+    assert "additionalProperties" not in schema["properties"]["a"]  # the request's schema is untouched
