@@ -9,9 +9,9 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 from localtgi.app import create_app
+from localtgi.app_state import EXTENSION, Server
 from localtgi.cli import serve
 from localtgi.models import LoadedModel
-from localtgi.server import EXTENSION, Server
 from localtgi.settings import Settings
 
 T = TypeVar("T")

@@ -16,7 +16,7 @@ from pydantic.json_schema import models_json_schema
 from quart import Blueprint, Response, current_app
 
 from localtgi import protocol as p
-from localtgi.server import package_version
+from localtgi.app_state import package_version
 
 routes = Blueprint("apidoc", __name__)
 

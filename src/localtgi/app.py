@@ -1,8 +1,9 @@
 """The localtgi Quart app: `create_app(settings, model=None)`.
 
-Use `create_app` to get an ASGI app serving TGI's native routes (`localtgi.tgi`) and the OpenAI-compatible
-`/v1` routes (`localtgi.openai`). Its lifespan loads the model in a worker thread when none is given,
-starts the engine, and stops it on shutdown. Serve it with hypercorn (`localtgi.cli.serve`).
+Use `create_app` to get an ASGI app serving TGI's native routes (`localtgi.serving_tgi`) and the
+OpenAI-compatible `/v1` routes (`localtgi.serving_openai`). Its lifespan loads the model in a worker
+thread when none is given, starts the engine, and stops it on shutdown. Serve it with hypercorn
+(`localtgi.cli.serve`).
 """
 
 from __future__ import annotations
@@ -14,14 +15,16 @@ from quart import Quart, Response, request
 from werkzeug.exceptions import HTTPException
 
 from localtgi.apidoc import routes as apidoc_routes
+from localtgi.app_state import EXTENSION, Server, package_version
+from localtgi.error_responses import error_response
 from localtgi.errors import LocalTGIError, RequestBodyError
-from localtgi.inference import Inference, Permits
+from localtgi.inference import Inference
 from localtgi.metrics import Metrics
 from localtgi.models import LoadedModel, load_model
-from localtgi.openai import routes as openai_routes
-from localtgi.server import EXTENSION, Server, error_response, package_version
+from localtgi.permits import Permits
+from localtgi.serving_openai import routes as openai_routes
+from localtgi.serving_tgi import routes as tgi_routes
 from localtgi.settings import Settings
-from localtgi.tgi import routes as tgi_routes
 from localtgi.validation import Tokenize, Validator
 
 log = logging.getLogger(__name__)

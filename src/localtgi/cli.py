@@ -23,8 +23,8 @@ from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config
 from quart import Quart
 
+from localtgi.app_state import stop_generating
 from localtgi.errors import ModelLoadError, SettingsError
-from localtgi.server import stop_generating
 from localtgi.settings import Settings
 
 

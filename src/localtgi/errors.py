@@ -13,11 +13,16 @@
     ├── ModelLoadError             (startup only; the launcher exits with its message)
     └── SettingsError              (startup only; the launcher exits with its message)
 
-Each class knows the HTTP status and TGI `error_type` it is served with; `message` is the text TGI puts
+Foreign exceptions become a GenerationError in `translate`, at the request boundary. Each class knows
+the HTTP status and TGI `error_type` it is served with; `message` is the text TGI puts
 in `{"error": ..., "error_type": ...}` (for validation errors the app adds "Input validation error: ").
 """
 
 from __future__ import annotations
+
+import logging
+
+log = logging.getLogger(__name__)
 
 
 class LocalTGIError(Exception):
@@ -110,3 +115,12 @@ class NotReadyError(LocalTGIError):
 
     status = 503
     error_type = "healthcheck"
+
+
+def translate(exc: Exception) -> LocalTGIError:
+    """The boundary for foreign exceptions escaping a request: ours pass through, anything else is
+    logged with its traceback and becomes TGI's generation error."""
+    if isinstance(exc, LocalTGIError):
+        return exc
+    log.exception("engine failure", exc_info=exc)
+    return GenerationError(f"{type(exc).__name__}: {exc}")

@@ -7,10 +7,13 @@ histograms and gauges come from the registry.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
+
+from localtgi.errors import LocalTGIError
 
 _SECONDS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 _TOKENS = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0)
@@ -27,6 +30,36 @@ class Timings:
 
     def per_token(self, generated_tokens: int) -> float:
         return self.inference / max(generated_tokens, 1)
+
+
+@dataclass
+class Clock:
+    """Marks the phases of one request for x-* headers and histograms."""
+
+    start: float = field(default_factory=time.perf_counter)
+    validated: float | None = None
+    first_token: float | None = None
+
+    def timings(self) -> Timings:
+        end = time.perf_counter()
+        validated = self.validated or self.start
+        first = self.first_token or end
+        return Timings(
+            total=end - self.start,
+            validation=validated - self.start,
+            queue=first - validated,
+            inference=end - first,
+        )
+
+
+def error_label(exc: LocalTGIError) -> str:
+    """TGI's `err` label on tgi_request_failure for this error."""
+    return {
+        "validation": "validation",
+        "overloaded": "overloaded",
+        "incomplete_generation": "incomplete",
+        "template_error": "template",
+    }.get(exc.error_type, exc.error_type)
 
 
 class Metrics:

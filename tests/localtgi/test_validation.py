@@ -10,7 +10,6 @@ import pytest
 from localtgi.cli import parse_settings
 from localtgi.errors import RequestBodyError, SettingsError, ValidationError
 from localtgi.models import LoadedModel
-from localtgi.openai import chat_parameters, completion_parameters
 from localtgi.protocol import (
     ChatRequest,
     CompatGenerateRequest,
@@ -19,6 +18,7 @@ from localtgi.protocol import (
     GenerateRequest,
     parse_body,
 )
+from localtgi.serving_openai import chat_parameters, completion_parameters
 from localtgi.settings import Limits, Settings
 from localtgi.validation import Validator, check_best_of, check_stream
 

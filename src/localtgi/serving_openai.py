@@ -1,5 +1,5 @@
-"""The OpenAI-compatible routes as TGI serves them: `/v1/chat/completions`, `/v1/completions` and
-`/chat_tokenize`.
+"""The OpenAI-compatible routes as TGI serves them: `/v1/chat/completions`, `/v1/completions`,
+`/v1/models` and `/chat_tokenize`.
 
 Register `routes` on the app (create_app does). Requests are translated into TGI `GenerateParameters`
 with TGI's mapping rules (docs/protocol.md §3.6: temperature 0 means greedy, presence_penalty p becomes
@@ -20,7 +20,9 @@ import jinja2
 from quart import Blueprint, Response
 
 from localtgi import sse
+from localtgi.app_state import Server, server
 from localtgi.engine_types import FinishEvent, TokenEvent
+from localtgi.error_responses import error_message
 from localtgi.errors import (
     LocalTGIError,
     RequestBodyError,
@@ -28,7 +30,7 @@ from localtgi.errors import (
     TemplateError,
     ValidationError,
 )
-from localtgi.inference import Outcome, TokenStream, gather_all, prompt_chars
+from localtgi.inference import Outcome, gather_all
 from localtgi.protocol import (
     ChatChoice,
     ChatChunkChoice,
@@ -45,14 +47,23 @@ from localtgi.protocol import (
     CompletionChunk,
     CompletionRequest,
     GenerateParameters,
+    ModelCard,
+    ModelList,
     OutputMessage,
     TextChunk,
     TokenLogprob,
     TopLogprob,
     Usage,
 )
-from localtgi.server import Server, error_message, server
-from localtgi.tgi import KEEPALIVE_SECONDS, compact_json, read_body, simple_tokens, sse_response
+from localtgi.responses import (
+    KEEPALIVE_SECONDS,
+    compact_json,
+    prompt_chars,
+    read_body,
+    simple_tokens,
+    sse_response,
+)
+from localtgi.token_stream import TokenStream
 
 routes = Blueprint("openai", __name__)
 
@@ -374,3 +385,9 @@ async def _completion_events(srv: Server, streams: Sequence[TokenStream]) -> Asy
     except LocalTGIError as exc:
         yield _stream_error(exc)
     yield sse.DONE
+
+
+@routes.get("/v1/models")
+async def models() -> dict[str, Any]:
+    model_id = server().model_id
+    return ModelList(data=[ModelCard(id=model_id, owned_by=model_id)]).wire()

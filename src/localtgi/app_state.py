@@ -1,4 +1,4 @@
-"""The shared resources of one running localtgi app, and how routes reach them.
+"""The shared resources of one running localtgi app (`Server`), and how routes reach them.
 
 `create_app`'s lifespan builds one `Server` (model, engine, validator, permits, metrics) and stores it on
 the app; routes call `server()` to get it. Nothing here is a module global, so several apps can live in one
@@ -11,10 +11,9 @@ from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
-from quart import Response, current_app
+from quart import current_app
 
-from localtgi.errors import LocalTGIError, NotReadyError, ValidationError
-from localtgi.protocol import ErrorResponse
+from localtgi.errors import NotReadyError
 from localtgi.settings import Limits, Settings
 
 if TYPE_CHECKING:
@@ -68,26 +67,3 @@ async def stop_generating(app: Any) -> None:
     if found is not None:
         found.healthy = False
         await found.engine.stop()
-
-
-def error_message(exc: LocalTGIError) -> str:
-    """TGI's `error` text for an error: validation errors get their prefix, generation errors theirs."""
-    if isinstance(exc, ValidationError):
-        return f"Input validation error: {exc.message}"
-    if exc.error_type == "generation":
-        return f"Request failed during generation: {exc.message}"
-    if exc.error_type == "template_error":
-        return f"Template error: {exc.message}"
-    return exc.message
-
-
-def error_payload(exc: LocalTGIError) -> dict[str, Any]:
-    return ErrorResponse(error=error_message(exc), error_type=exc.error_type).wire()
-
-
-def error_response(exc: LocalTGIError) -> Response:
-    return Response(
-        ErrorResponse(error=error_message(exc), error_type=exc.error_type).model_dump_json(),
-        status=exc.status,
-        content_type="application/json",
-    )

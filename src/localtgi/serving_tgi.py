@@ -7,18 +7,18 @@ x-compute-* headers follow TGI (docs/protocol.md §3).
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator
 from contextlib import aclosing
-from typing import Any, TypeVar
+from typing import Any
 
-from pydantic import BaseModel
-from quart import Blueprint, Response, request
+from quart import Blueprint, Response
 
 from localtgi import sse
+from localtgi.app_state import ROUTER, Server, server
 from localtgi.engine_types import FinishEvent, SamplingParams, TokenEvent, TopToken
-from localtgi.errors import IncompleteGenerationError, LocalTGIError
-from localtgi.inference import Generated, Outcome, TokenStream, prompt_chars
+from localtgi.error_responses import stream_error
+from localtgi.errors import LocalTGIError
+from localtgi.inference import Generated, Outcome
 from localtgi.protocol import (
     BestOfSequence,
     CompatGenerateRequest,
@@ -27,28 +27,24 @@ from localtgi.protocol import (
     GenerateRequest,
     GenerateResponse,
     Info,
-    ModelCard,
-    ModelList,
     PrefillToken,
-    SimpleToken,
     StreamDetails,
     StreamResponse,
     Token,
-    parse_body,
 )
-from localtgi.server import ROUTER, Server, error_payload, server
+from localtgi.responses import (
+    KEEPALIVE_SECONDS,
+    compact_json,
+    prompt_chars,
+    read_body,
+    simple_tokens,
+    sse_response,
+)
+from localtgi.token_stream import TokenStream
 from localtgi.validation import check_stream
 
 routes = Blueprint("tgi", __name__)
 
-KEEPALIVE_SECONDS = 15.0
-RequestT = TypeVar("RequestT", bound=BaseModel)
-
-
-async def read_body(model: type[RequestT]) -> RequestT:
-    """The request body parsed as `model`, or a plain-text 400/413/415/422 (RequestBodyError)."""
-    raw: bytes = await request.get_data(as_text=False)  # type: ignore[assignment]
-    return parse_body(model, raw, request.headers.get("content-type"), limit=server().settings.payload_limit)
 
 
 def wire_token(t: TokenEvent | TopToken) -> Token:
@@ -121,12 +117,6 @@ def compute_headers(srv: Server, outcome: Outcome) -> dict[str, str]:
     }
 
 
-def stream_error(exc: LocalTGIError) -> dict[str, Any]:
-    if isinstance(exc, IncompleteGenerationError):
-        return {"error": "Incomplete generation stream", "error_type": "incomplete_generation_stream"}
-    return error_payload(exc)
-
-
 async def tgi_events(parameters: GenerateParameters, stream: TokenStream) -> AsyncIterator[bytes]:
     """The SSE body of `/generate_stream`: token events, then errors as events (HTTP stays 200)."""
     try:
@@ -157,16 +147,6 @@ def stream_details(finish: FinishEvent, input_length: int) -> StreamDetails:
         seed=finish.seed,
         input_length=input_length,
     )
-
-
-def sse_response(body: AsyncIterator[bytes], chars: int) -> Response:
-    srv = server()
-    headers = dict(sse.HEADERS)
-    headers["x-compute-type"] = srv.settings.compute_type
-    headers["x-compute-characters"] = str(chars)
-    response = Response(body, content_type="text/event-stream", headers=headers)
-    response.timeout = None
-    return response
 
 
 def _stream(req: GenerateRequest, *, return_full_text_default: bool) -> Response:
@@ -253,27 +233,6 @@ async def health() -> Response:
     return Response(b"", status=200, content_type="text/plain")
 
 
-def simple_tokens(
-    tokenizer: Any, text: str, *, add_special_tokens: bool, truncate: int | None = None
-) -> list[dict[str, Any]]:
-    """TGI's /tokenize items for `text` (blocking): id, text and character offsets; tokens without a
-    span (added specials) show their own text."""
-    enc = tokenizer(text, add_special_tokens=add_special_tokens, return_offsets_mapping=True)
-    pairs = list(zip(enc["input_ids"], enc["offset_mapping"], strict=True))
-    if truncate:
-        pairs = pairs[-truncate:]
-    out = []
-    for token_id, (start, stop) in pairs:
-        piece = text[start:stop] if stop > start else str(tokenizer.decode([token_id]))
-        out.append(SimpleToken(id=token_id, text=piece, start=start, stop=stop).wire())
-    return out
-
-
-def compact_json(payload: Any) -> Response:
-    body = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
-    return Response(body, content_type="application/json")
-
-
 @routes.post("/tokenize")
 async def tokenize() -> Response:
     req = await read_body(GenerateRequest)
@@ -290,9 +249,3 @@ async def tokenize() -> Response:
 @routes.get("/metrics")
 async def metrics() -> Response:
     return Response(server().metrics.render(), content_type="text/plain; version=0.0.4")
-
-
-@routes.get("/v1/models")
-async def models() -> dict[str, Any]:
-    model_id = server().model_id
-    return ModelList(data=[ModelCard(id=model_id, owned_by=model_id)]).wire()
