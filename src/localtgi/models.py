@@ -87,7 +87,7 @@ class LoadedModel:
     against it), else None."""
 
     model_id: str
-    network: Any  # openvino.Model
+    network: Any  # an openvino.Model, or the path of a saved one
     shape: NetworkShape
     tokenizer: transformers.PreTrainedTokenizerBase
     max_position_embeddings: int
@@ -253,17 +253,15 @@ def _load_smollm2(cache_dir: pathlib.Path, report: Callable[[str], None]) -> Loa
     report(f"loading {SMOLLM2_ID} from {target}")
     from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
-    from localtgi import network
-
     config = AutoConfig.from_pretrained(str(target), local_files_only=True)
     tokenizer = AutoTokenizer.from_pretrained(str(target), local_files_only=True)
     try:
         generation: Any = GenerationConfig.from_pretrained(str(target), local_files_only=True)
     except OSError:
         generation = None
-    return _loaded(
-        SMOLLM2_ID, network.read(str(target / _NETWORK_FILE)), config, generation, tokenizer, None
-    )
+    # The path, not a read model: each engine compiles straight from the file, so the weights are
+    # held once (by the compiled network), not twice.
+    return _loaded(SMOLLM2_ID, str(target / _NETWORK_FILE), config, generation, tokenizer, None)
 
 
 def _convert_smollm2(gguf: pathlib.Path, target: pathlib.Path, report: Callable[[str], None]) -> None:

@@ -1,10 +1,11 @@
 """The model as OpenVINO runs it: conversion from transformers, and one compiled instance per thread.
 
-Use `convert` once per checkpoint (it traces `llama.LlamaGraph`, seconds for SmolLM2; the result can be
-saved with `openvino.save_model` and read back with `read`). The engine's worker thread then builds
-one `Network` and calls `run` for every prefill and decode step. All of it is OpenVINO's public
-Python API (`convert_model`, `Core.compile_model`, `InferRequest.infer`); logits come back to our
-own sampling code, so every TGI sampling feature is ours to implement, none depends on the runtime.
+Use `convert` once per checkpoint (it traces `llama.LlamaGraph`, seconds for SmolLM2; the result can
+be saved with `openvino.save_model`, and `Network` compiles either the model or the saved file). The
+engine's worker thread then builds one `Network` and calls `run` for every prefill and decode step.
+All of it is OpenVINO's public Python API (`convert_model`, `Core.compile_model`,
+`InferRequest.infer`); logits come back to our own sampling code, so every TGI sampling feature is
+ours to implement, none depends on the runtime.
 
 Compilation asks for f32 inference and turns off OpenVINO's dynamic quantization of activations:
 both would change results from run to run of the same prompt in different batch shapes (measured on
@@ -88,17 +89,11 @@ def convert(hf_model: Any) -> Any:
     return model
 
 
-def read(path: str) -> Any:
-    """Read a network saved with `openvino.save_model`."""
-    import openvino as ov
-
-    return ov.Core().read_model(path)
-
-
 class Network:
     """One compiled network and its infer request; use it from one thread only."""
 
     def __init__(self, model: Any, shape: NetworkShape, *, threads: int) -> None:
+        """`model`: an `openvino.Model` or the path of one saved with `openvino.save_model`."""
         import openvino as ov
 
         self.shape = shape
