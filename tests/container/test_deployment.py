@@ -5,8 +5,11 @@ the GPU server, and the node's log file lands in its volume."""
 
 from __future__ import annotations
 
+import ast
 import json
 import re
+import sys
+import tomllib
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -86,3 +89,26 @@ def test_node_log_file_is_in_the_node_logs_volume() -> None:
     log_dir = str(PurePosixPath(CONFIG["log"]["path"]).parent)
     assert mounts.get(log_dir) == "node-logs", (log_dir, mounts)
     assert "node-logs" in COMPOSE["volumes"]
+
+
+def test_localtgi_image_installs_its_own_extra_only() -> None:
+    # Every third-party module localtgi imports comes from the `localtgi` extra, and the image installs
+    # that extra with the project itself --no-deps, so the container's dependencies stay out of it.
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    requirements = project["optional-dependencies"]["localtgi"]
+    extra = {re.split(r"[=<>;\[ ]", r)[0].lower().replace("_", "-") for r in requirements}
+    import_names = {"prometheus_client": "prometheus-client"}
+    imported: set[str] = set()
+    for source in (ROOT / "src" / "localtgi").glob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            for name in (n.partition(".")[0] for n in names):
+                if name not in sys.stdlib_module_names and name != "localtgi":
+                    imported.add(import_names.get(name, name).replace("_", "-"))
+    assert "quart" in imported and "openvino" in imported  # the scan sees real imports
+    assert imported <= extra | {"werkzeug"}, imported - extra  # werkzeug comes with quart
+    installs = " ".join(a for w, a in _instructions("Dockerfile.localtgi") if w == "RUN")
+    assert "['optional-dependencies']['localtgi']" in installs and "pip install --no-deps ." in installs
+    assert '".[localtgi]"' not in installs
