@@ -132,18 +132,22 @@ class Inference:
             self.metrics.failure(error_label(exc))
             # The engine says "... stream" for every unfinished request; TGI's non-stream text differs.
             raise IncompleteGenerationError("Incomplete generation") from exc
-        except LocalTGIError as exc:
-            self.metrics.failure(error_label(exc))
-            raise
         except Exception as exc:
-            error = translate(exc)
-            self.metrics.failure(error_label(error))
+            error = self.failed(exc)
+            if error is exc:
+                raise
             raise error from exc
         # best_of: the sequence with the highest summed logprob wins (TGI's rule).
         ranked = sorted(sequences, key=lambda s: s.logprob, reverse=True)
         timings = clock.timings()
         self.metrics.success(timings, ranked[0].finish.generated_tokens, request.input_length)
         return Outcome(request, ranked[0], ranked[1:], prefill, timings)
+
+    def failed(self, exc: Exception) -> LocalTGIError:
+        """Count a request that ended with `exc` and return it as our error (translated when foreign)."""
+        error = translate(exc)
+        self.metrics.failure(error_label(error))
+        return error
 
     async def _collect(self, request: ValidRequest, clock: Clock) -> Generated:
         tokens: list[TokenEvent] = []

@@ -11,8 +11,8 @@ from contextlib import aclosing
 from typing import TYPE_CHECKING
 
 from localtgi.engine_types import FinishEvent, TokenEvent
-from localtgi.errors import IncompleteGenerationError, LocalTGIError, translate
-from localtgi.metrics import Clock, error_label
+from localtgi.errors import IncompleteGenerationError
+from localtgi.metrics import Clock
 from localtgi.protocol import GenerateParameters
 from localtgi.validation import ValidRequest
 
@@ -70,12 +70,10 @@ class TokenStream:
                 yield event
             if not finished:
                 raise IncompleteGenerationError("Incomplete generation stream")
-        except LocalTGIError as exc:
-            inference.metrics.failure(error_label(exc))
-            raise
         except Exception as exc:
-            error = translate(exc)
-            inference.metrics.failure(error_label(error))
+            error = inference.failed(exc)
+            if error is exc:
+                raise
             raise error from exc
         finally:
             # Runs on normal end, on errors, and when the client goes away (task cancelled or the
