@@ -8,7 +8,6 @@ upstream answer holding a lone surrogate is a 502 (a clean stream when streaming
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -19,24 +18,6 @@ from containerkit import RunningContainer, assert_responsive, env_for, probe_whi
 from faketgi import FakeTGI, Ok, Status
 
 BEARER = "s3cret-bearer"
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[FakeTGI]:
-    with FakeTGI() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def container(upstream: FakeTGI) -> Iterator[str]:
-    with RunningContainer(env_for(upstream.url)) as url:
-        yield url
-
-
-@pytest.fixture
-def fake(upstream: FakeTGI) -> FakeTGI:
-    upstream.reset()
-    return upstream
 
 
 def post(url: str, content: bytes | str, headers: dict[str, str] | None = None) -> httpx.Response:

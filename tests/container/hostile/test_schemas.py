@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from containerkit import RunningContainer, assert_responsive, env_for, probe_while
+from containerkit import assert_responsive, probe_while
 from faketgi import FakeTGI, Ok
 
 EVIL = "(a+)+b"  # exponential for a backtracking matcher on "aaaa…a"
@@ -52,24 +52,6 @@ class Listener:
         self._stop.set()
         self._thread.join(2)
         self.sock.close()
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[FakeTGI]:
-    with FakeTGI() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def container(upstream: FakeTGI) -> Iterator[str]:
-    with RunningContainer(env_for(upstream.url)) as url:
-        yield url
-
-
-@pytest.fixture
-def fake(upstream: FakeTGI) -> FakeTGI:
-    upstream.reset()
-    return upstream
 
 
 @pytest.fixture
