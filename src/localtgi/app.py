@@ -25,24 +25,14 @@ from localtgi.permits import Permits
 from localtgi.serving_openai import routes as openai_routes
 from localtgi.serving_tgi import routes as tgi_routes
 from localtgi.settings import Settings
-from localtgi.validation import Tokenize, Validator
+from localtgi.validation import Validator
 
 log = logging.getLogger(__name__)
 
 
-def _tokenizer_encode(model: LoadedModel) -> Tokenize:
-    tokenizer = model.tokenizer
-
-    def encode(text: str, add_special_tokens: bool) -> list[int]:
-        ids: list[int] = tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"]
-        return ids
-
-    return encode
-
-
 async def start_server(settings: Settings, model: LoadedModel | None) -> Server:
     """Load (if needed) and start everything one app serves with."""
-    from localtgi.engine import Engine  # torch import; kept off the module import path
+    from localtgi.engine import Engine  # OpenVINO import; kept off the module import path
 
     if model is None:
         model = await asyncio.to_thread(
@@ -54,7 +44,7 @@ async def start_server(settings: Settings, model: LoadedModel | None) -> Server:
     metrics = Metrics(queue_size=lambda: engine.waiting, batch_size=lambda: engine.active)
     inference = Inference(
         engine,
-        Validator(limits, _tokenizer_encode(model)),
+        Validator(limits, model.tokenizer.encode),
         Permits(settings.max_concurrent_requests),
         metrics,
         model.eos_token_ids,

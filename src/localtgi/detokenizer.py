@@ -10,15 +10,16 @@ that tokenizers which treat a leading space specially decode the first piece rig
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from tokenizers.decoders import DecodeStream
+
+from localtgi.tokenizer import Tokenizer
 
 
 class Detokenizer:
     """Incremental decoding that holds back text while a UTF-8 character is incomplete."""
 
-    def __init__(self, tokenizer: Any, prompt_ids: Sequence[int]) -> None:
+    def __init__(self, tokenizer: Tokenizer, prompt_ids: Sequence[int]) -> None:
         self._tok = tokenizer
         self._backend = tokenizer.backend_tokenizer
         self._stream = DecodeStream(skip_special_tokens=False)
@@ -36,5 +37,5 @@ class Detokenizer:
             return str(piece)
         self._held.append(token_id)
         if flush:
-            return str(self._tok.decode(self._held))
+            return self._tok.decode(self._held)
         return ""

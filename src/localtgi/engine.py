@@ -7,7 +7,7 @@ event loop and iterate the returned `GenerationStream`: `TokenEvent`s, the last 
 prefilled together and emit their first token at once, `prefill`), drop cancelled and finished
 rows, then run one batched decode step for every active row (`decode_batch.DecodeBatch`). Requests
 join and leave between steps; a cancelled stream leaves at the next step. Each request samples
-from its own `torch.Generator` (`sampling.TokenChooser`) over the network's logits, so a seeded
+from its own numpy generator (`sampling.TokenChooser`) over the network's logits, so a seeded
 request gives the same text alone or in a batch (up to float rounding of batched kernels). Events
 reach asyncio via `call_soon_threadsafe`. When idle the worker sleeps on a condition variable.
 
@@ -27,7 +27,8 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import torch
+import numpy as np
+import numpy.typing as npt
 
 from localtgi import prefill as prefill_mod
 from localtgi.decode_batch import DecodeBatch
@@ -127,11 +128,7 @@ class Engine:
         self.max_batch_size = max_batch_size
         self.threads = threads
         self.vocab_size = model.shape.vocab_size
-        tok = model.tokenizer
-        self._special = frozenset(int(i) for i in tok.all_special_ids) | model.eos_token_ids
-        self._special |= frozenset(
-            int(i) for i, t in tok.added_tokens_decoder.items() if getattr(t, "special", False)
-        )
+        self._special = model.tokenizer.special_ids | model.eos_token_ids
         self._cond = threading.Condition()
         self._waiting: deque[_Sequence] = deque()
         self._jobs: deque[tuple[Callable[[Network], Any], concurrent.futures.Future[Any]]] = deque()
@@ -198,7 +195,7 @@ class Engine:
         logprobs = await self._run_job(lambda net: prefill_mod.prompt_logprobs(net, ids))
         tok = self.loaded.tokenizer
         return [
-            PrefillToken(id=i, text=str(tok.decode([i])), logprob=lp)
+            PrefillToken(id=i, text=tok.decode([i]), logprob=lp)
             for i, lp in zip(ids, logprobs, strict=True)
         ]
 
@@ -240,7 +237,6 @@ class Engine:
 
     def _work(self) -> None:
         try:
-            torch.set_num_threads(self.threads)
             net = Network(self.loaded.network, self.loaded.shape, threads=self.threads)
             # Every chat request starts with the template's opening (SmolLM2: a 24-token system
             # turn); prefilling it once cuts a typical chat prefill by more than half.
@@ -258,28 +254,27 @@ class Engine:
     def _loop_until_stopped(
         self, net: Network, batch: DecodeBatch, prefix: prefill_mod.Prefix | None
     ) -> None:
-        with torch.inference_mode():
-            while True:
-                with self._cond:
-                    while self._running and not (self._waiting or self._jobs or self._active):
-                        self._cond.wait()
-                    if not self._running:
-                        break
-                    room = self.max_batch_size - len(self._active)
-                    admitted = [self._waiting.popleft() for _ in range(min(room, len(self._waiting)))]
-                    jobs = list(self._jobs)
-                    self._jobs.clear()
-                for fn, future in jobs:
-                    self._run_one_job(net, fn, future)
-                try:
-                    self._admit(net, batch, prefix, admitted)
-                    self._drop_finished(batch)
-                    if self._active:
-                        self._decode_step(batch)
-                except LocalTGIError as exc:
-                    self._fail_all(batch, exc)
-                except Exception as exc:  # noqa: BLE001 - a failed step fails its rows, not the worker
-                    self._fail_all(batch, GenerationError(f"{type(exc).__name__}: {exc}"))
+        while True:
+            with self._cond:
+                while self._running and not (self._waiting or self._jobs or self._active):
+                    self._cond.wait()
+                if not self._running:
+                    break
+                room = self.max_batch_size - len(self._active)
+                admitted = [self._waiting.popleft() for _ in range(min(room, len(self._waiting)))]
+                jobs = list(self._jobs)
+                self._jobs.clear()
+            for fn, future in jobs:
+                self._run_one_job(net, fn, future)
+            try:
+                self._admit(net, batch, prefix, admitted)
+                self._drop_finished(batch)
+                if self._active:
+                    self._decode_step(batch)
+            except LocalTGIError as exc:
+                self._fail_all(batch, exc)
+            except Exception as exc:  # noqa: BLE001 - a failed step fails its rows, not the worker
+                self._fail_all(batch, GenerationError(f"{type(exc).__name__}: {exc}"))
 
     def _run_one_job(
         self, net: Network, fn: Callable[[Network], Any], future: concurrent.futures.Future[Any]
@@ -304,7 +299,8 @@ class Engine:
                     self._fail(seq, GenerationError(f"{type(exc).__name__}: {exc}"))
                 continue
             for seq, (logits, kv) in zip(group, results, strict=True):
-                if self._advance_or_fail(seq, logits):
+                # np.asarray: prefill still hands back torch tensors (a view, no copy).
+                if self._advance_or_fail(seq, np.asarray(logits)):
                     kvs.append(kv)
                     joined.append(seq)
         # Joined first: if merging fails, _fail_all reaches them too.
@@ -330,13 +326,13 @@ class Engine:
             self._active = [self._active[i] for i in keep]
 
     def _decode_step(self, batch: DecodeBatch) -> None:
-        logits = batch.step([s.last_token for s in self._active])
+        logits = np.asarray(batch.step([s.last_token for s in self._active]))  # see _admit
         for row, seq in enumerate(self._active):
             if not seq.stream.cancelled:
                 self._advance_or_fail(seq, logits[row])
         self._drop_finished(batch)
 
-    def _advance_or_fail(self, seq: _Sequence, logits: torch.Tensor) -> bool:
+    def _advance_or_fail(self, seq: _Sequence, logits: npt.NDArray[np.float32]) -> bool:
         """`_advance`, failing only this sequence on error; True while it goes on."""
         try:
             self._advance(seq, logits)
@@ -346,7 +342,7 @@ class Engine:
             self._fail(seq, GenerationError(f"{type(exc).__name__}: {exc}"))
         return not seq.finished
 
-    def _advance(self, seq: _Sequence, logits: torch.Tensor) -> None:
+    def _advance(self, seq: _Sequence, logits: npt.NDArray[np.float32]) -> None:
         """Choose, emit and account one token of `seq` from its next-token logits."""
         allowed = seq.matcher.allowed() if seq.matcher is not None else None
         if allowed is not None and not bool(allowed.any()):
@@ -366,7 +362,7 @@ class Engine:
         tok = self.loaded.tokenizer
         reason: FinishReason | None = None
         if special:
-            text = str(tok.decode([token]))
+            text = tok.decode([token])
             if token in self.loaded.eos_token_ids:
                 reason = "eos_token"
         else:
@@ -381,7 +377,7 @@ class Engine:
         if reason is None and out_of_room:
             reason = "length"
         top = tuple(
-            TopToken(id=i, text=str(tok.decode([i])), logprob=lp, special=i in self._special)
+            TopToken(id=i, text=tok.decode([i]), logprob=lp, special=i in self._special)
             for i, lp in choice.top
         )
         finish = None

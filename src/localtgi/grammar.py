@@ -14,10 +14,11 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
-import torch
+import numpy.typing as npt
 
 from localtgi.engine_types import GrammarSpec
 from localtgi.errors import GrammarError
+from localtgi.tokenizer import Tokenizer
 
 
 class GrammarMatcher:
@@ -27,14 +28,14 @@ class GrammarMatcher:
         self._matcher = matcher
         self._vocab_size = vocab_size
 
-    def allowed(self) -> torch.Tensor:
+    def allowed(self) -> npt.NDArray[np.bool_]:
         """Bool mask over the model's vocabulary of the tokens the grammar allows next."""
         packed = np.frombuffer(self._matcher.compute_bitmask(), dtype=np.uint8)
         bits = np.unpackbits(packed, bitorder="little")
         mask = np.zeros(self._vocab_size, dtype=bool)
         n = min(self._vocab_size, bits.size)
         mask[:n] = bits[:n].astype(bool)
-        return torch.from_numpy(mask)
+        return mask
 
     def consume(self, token_id: int) -> None:
         """Advance over the chosen token; a token outside the mask is a bug, reported loudly."""
@@ -91,14 +92,14 @@ def closed_objects(schema: dict[str, Any]) -> dict[str, Any]:
 class GrammarCompiler:
     """Compiles TGI grammars for one tokenizer."""
 
-    def __init__(self, tokenizer: Any, vocab_size: int, eos_token_ids: Iterable[int]) -> None:
+    def __init__(self, tokenizer: Tokenizer, vocab_size: int, eos_token_ids: Iterable[int]) -> None:
         import llguidance
-        import llguidance.hf
 
         self._ll = llguidance
         self._vocab_size = vocab_size
         eos = sorted(eos_token_ids)
-        self._lltok = llguidance.hf.from_tokenizer(tokenizer, n_vocab=vocab_size, eos_token=eos)
+        # From the tokenizer.json text, as llguidance.hf does it, without its transformers import.
+        self._lltok = llguidance.LLTokenizer(tokenizer.to_json(), n_vocab=vocab_size, eos_token=eos)
 
     def compile(self, spec: GrammarSpec) -> GrammarMatcher:
         """Build a matcher for `spec`; raises GrammarError when it is not a usable grammar."""

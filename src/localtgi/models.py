@@ -33,12 +33,14 @@ import shutil
 import socket
 import tempfile
 import time
+import types
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 from localtgi.errors import ModelLoadError
+from localtgi.tokenizer import Tokenizer
 
 if TYPE_CHECKING:
     import transformers
@@ -82,14 +84,14 @@ _TINY_CORPUS = (
 @dataclass(frozen=True)
 class LoadedModel:
     """A model ready for the engine: its OpenVINO network (not yet compiled; each engine compiles
-    its own in its worker thread) and a fast tokenizer with a chat template. `source` is the torch
+    its own in its worker thread) and its `Tokenizer` (with the chat template). `source` is the torch
     model the network was traced from when it is still at hand (the tiny model: tests compare
     against it), else None."""
 
     model_id: str
     network: Any  # an openvino.Model, or the path of a saved one
     shape: NetworkShape
-    tokenizer: transformers.PreTrainedTokenizerBase
+    tokenizer: Tokenizer
     max_position_embeddings: int
     eos_token_ids: frozenset[int]
     bos_token_id: int | None
@@ -155,7 +157,8 @@ def build_tiny_model() -> LoadedModel:
     """Build the seeded tiny Llama and convert it; same weights and tokenizer on every call and machine."""
     from localtgi import network
 
-    model, tokenizer = build_tiny_torch()
+    model, hf_tokenizer = build_tiny_torch()
+    tokenizer = Tokenizer.from_transformers(hf_tokenizer)
     eos_id = _token_id(tokenizer, "<|im_end|>")
     pad_id = _token_id(tokenizer, "<|endoftext|>")
     loaded = _loaded("tiny", network.convert(model), model.config, None, tokenizer, model)
@@ -192,7 +195,7 @@ def build_tiny_torch() -> tuple[transformers.PreTrainedModel, transformers.PreTr
     return cast(Any, model).to(torch.float32).eval(), tokenizer
 
 
-def _token_id(tokenizer: Any, token: str) -> int:
+def _token_id(tokenizer: Tokenizer | transformers.PreTrainedTokenizerBase, token: str) -> int:
     found = tokenizer.convert_tokens_to_ids(token)
     if not isinstance(found, int):
         raise ModelLoadError(f"token {token!r} is missing from the tokenizer")
@@ -200,10 +203,11 @@ def _token_id(tokenizer: Any, token: str) -> int:
 
 
 def _build_tiny_tokenizer() -> transformers.PreTrainedTokenizerBase:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer as RustTokenizer
+    from tokenizers import decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.BPE())
+    tok = RustTokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
@@ -246,19 +250,21 @@ def cache_is_current(target: pathlib.Path) -> bool:
     return isinstance(marker, dict) and marker.get("format") == CACHE_FORMAT
 
 
+def smollm2_cache(cache_dir: pathlib.Path | None = None) -> pathlib.Path:
+    """The directory SmolLM2's conversion is kept in (network, config, tokenizer files)."""
+    return (cache_dir or default_cache_dir()) / _SMOLLM2_CACHE_NAME
+
+
 def _load_smollm2(cache_dir: pathlib.Path, report: Callable[[str], None]) -> LoadedModel:
-    target = cache_dir / _SMOLLM2_CACHE_NAME
+    target = smollm2_cache(cache_dir)
     if not cache_is_current(target):
         _convert_smollm2(smollm2_gguf_path(), target, report)
     report(f"loading {SMOLLM2_ID} from {target}")
-    from transformers import AutoConfig, AutoTokenizer, GenerationConfig
-
-    config = AutoConfig.from_pretrained(str(target), local_files_only=True)
-    tokenizer = AutoTokenizer.from_pretrained(str(target), local_files_only=True)
-    try:
-        generation: Any = GenerationConfig.from_pretrained(str(target), local_files_only=True)
-    except OSError:
-        generation = None
+    # Plain JSON and the `tokenizers` library: importing transformers here would cost the serving
+    # process about 200 MB (and torch another 270) for nothing it uses.
+    config = _json_config(target / "config.json")
+    generation = _json_config(target / "generation_config.json", missing_ok=True)
+    tokenizer = Tokenizer.from_directory(target)
     # The path, not a read model: each engine compiles straight from the file, so the weights are
     # held once (by the compiled network), not twice.
     return _loaded(SMOLLM2_ID, str(target / _NETWORK_FILE), config, generation, tokenizer, None)
@@ -329,7 +335,12 @@ def _from_pretrained(source: str, model_id: str, *, local_only: bool) -> LoadedM
     if not tokenizer.chat_template:
         tokenizer.chat_template = CHATML_TEMPLATE
     return _loaded(
-        model_id, _convert(network, model), model.config, model.generation_config, tokenizer, None
+        model_id,
+        _convert(network, model),
+        model.config,
+        model.generation_config,
+        Tokenizer.from_transformers(tokenizer),
+        None,
     )
 
 
@@ -342,8 +353,21 @@ def _convert(network: Any, model: Any) -> Any:
         raise ModelLoadError(f"localtgi serves Llama-architecture models only: {exc}") from exc
 
 
+def _json_config(path: pathlib.Path, *, missing_ok: bool = False) -> Any:
+    """A saved transformers config read as plain JSON, its keys as attributes."""
+    if missing_ok and not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot read {path}: {exc}; delete the directory to rebuild it") from exc
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"{path} is not a JSON object; delete the directory to rebuild it")
+    return types.SimpleNamespace(**data)
+
+
 def _loaded(
-    model_id: str, net: Any, config: Any, generation: Any, tokenizer: Any, source: Any
+    model_id: str, net: Any, config: Any, generation: Any, tokenizer: Tokenizer, source: Any
 ) -> LoadedModel:
     from localtgi.network import NetworkShape
 
@@ -359,9 +383,9 @@ def _loaded(
     )
 
 
-def _eos_ids(config: Any, generation: Any, tokenizer: Any) -> frozenset[int]:
+def _eos_ids(config: Any, generation: Any, tokenizer: Tokenizer) -> frozenset[int]:
     ids: set[int] = set()
-    for source in (config.eos_token_id, getattr(generation, "eos_token_id", None)):
+    for source in (getattr(config, "eos_token_id", None), getattr(generation, "eos_token_id", None)):
         if isinstance(source, int):
             ids.add(source)
         elif isinstance(source, list):

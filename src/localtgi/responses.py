@@ -14,6 +14,7 @@ from quart import Response, request
 from localtgi import sse
 from localtgi.app_state import server
 from localtgi.protocol import SimpleToken, parse_body
+from localtgi.tokenizer import Tokenizer
 
 KEEPALIVE_SECONDS = 15.0
 RequestT = TypeVar("RequestT", bound=BaseModel)
@@ -41,17 +42,17 @@ def sse_response(body: AsyncIterator[bytes], chars: int) -> Response:
 
 
 def simple_tokens(
-    tokenizer: Any, text: str, *, add_special_tokens: bool, truncate: int | None = None
+    tokenizer: Tokenizer, text: str, *, add_special_tokens: bool, truncate: int | None = None
 ) -> list[dict[str, Any]]:
     """TGI's /tokenize items for `text` (blocking): id, text and character offsets; tokens without a
     span (added specials) show their own text."""
-    enc = tokenizer(text, add_special_tokens=add_special_tokens, return_offsets_mapping=True)
-    pairs = list(zip(enc["input_ids"], enc["offset_mapping"], strict=True))
+    ids, offsets = tokenizer.encode_with_offsets(text, add_special_tokens=add_special_tokens)
+    pairs = list(zip(ids, offsets, strict=True))
     if truncate:
         pairs = pairs[-truncate:]
     out = []
     for token_id, (start, stop) in pairs:
-        piece = text[start:stop] if stop > start else str(tokenizer.decode([token_id]))
+        piece = text[start:stop] if stop > start else tokenizer.decode([token_id])
         out.append(SimpleToken(id=token_id, text=piece, start=start, stop=stop).wire())
     return out
 

@@ -1,4 +1,4 @@
-"""Per-request next-token choice: logits processing, the watermark, and a private torch.Generator.
+"""Per-request next-token choice: logits processing, the watermark, and a private random generator.
 
 Use one `TokenChooser` per generation. The engine hands it one row of raw logits per step; it applies
 TGI's order of processors and returns the chosen token with its log-probability:
@@ -8,10 +8,16 @@ TGI's order of processors and returns the chosen token with its log-probability:
 3. frequency penalty (TGI style: `penalty * count / length` over prompt and generated tokens),
 4. the grammar mask (given by the caller, disallowed tokens -> -inf),
 5. when sampling: temperature, top-k, top-p, typical-p (HF warper semantics), then a draw from the
-   request's own `torch.Generator`; when greedy: argmax.
+   request's own `numpy.random.Generator`; when greedy: argmax.
 
 The reported logprob is log-softmax of the final processed distribution the token was drawn from
 (after the warpers when sampling, after penalties/mask when greedy), as TGI reports it.
+
+Everything is numpy over one float32 row of logits (vectorised, no loop over the vocabulary), so the
+serving process needs no torch. A request's `seed` seeds its own PCG64 generator: the same seed gives
+the same draws (alone or in a batch), but not the draws torch's generator (and so TGI) would make
+with that seed; the watermark's green lists likewise come from numpy's generator, so only
+`watermark_z_score` here (not TGI's detector) recognises localtgi's watermark.
 """
 
 from __future__ import annotations
@@ -22,9 +28,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
-import torch
+import numpy as np
+import numpy.typing as npt
 
 from localtgi.engine_types import SamplingParams
+
+Scores = npt.NDArray[np.float32]
+Mask = npt.NDArray[np.bool_]
 
 WATERMARK_GAMMA = 0.5
 WATERMARK_DELTA = 2.0
@@ -45,12 +55,12 @@ def is_sampling(params: SamplingParams) -> bool:
 
 
 @lru_cache(maxsize=512)
-def green_mask(prev_token: int, vocab_size: int) -> torch.Tensor:
-    """The watermark green list after `prev_token`, as a bool mask over the vocabulary."""
-    gen = torch.Generator().manual_seed(WATERMARK_KEY * prev_token)
-    perm = torch.randperm(vocab_size, generator=gen)
-    mask = torch.zeros(vocab_size, dtype=torch.bool)
+def green_mask(prev_token: int, vocab_size: int) -> Mask:
+    """The watermark green list after `prev_token`, as a read-only bool mask over the vocabulary."""
+    perm = np.random.default_rng(WATERMARK_KEY * prev_token).permutation(vocab_size)
+    mask = np.zeros(vocab_size, dtype=bool)
     mask[perm[: int(vocab_size * WATERMARK_GAMMA)]] = True
+    mask.flags.writeable = False  # shared by the cache
     return mask
 
 
@@ -83,57 +93,56 @@ class TokenChooser:
         self.vocab_size = vocab_size
         self.sampling = is_sampling(params)
         self.seed: int | None = None
-        self.generator: torch.Generator | None = None
+        self.generator: np.random.Generator | None = None
         if self.sampling:
             self.seed = params.seed if params.seed is not None else secrets.randbits(63)
-            self.generator = torch.Generator().manual_seed(self.seed)
+            self.generator = np.random.default_rng(self.seed)
         rep = params.repetition_penalty
         freq = params.frequency_penalty
         self._rep = rep if rep is not None and rep != 1.0 else None
         self._freq = freq if freq is not None and freq != 0.0 else None
-        self._counts: torch.Tensor | None = None
+        self._counts: Scores | None = None
         self._length = len(prompt_ids)
         if self._rep is not None or self._freq is not None:
-            ids = torch.tensor(list(prompt_ids), dtype=torch.long).clamp_(0, vocab_size - 1)
-            self._counts = torch.bincount(ids, minlength=vocab_size).to(torch.float32)
+            ids = np.clip(np.asarray(list(prompt_ids), dtype=np.int64), 0, vocab_size - 1)
+            self._counts = np.bincount(ids, minlength=vocab_size).astype(np.float32)
         self._prev = int(prompt_ids[-1]) if len(prompt_ids) else 0
 
-    def choose(self, logits: torch.Tensor, allowed: torch.Tensor | None = None) -> Choice:
-        """Pick the next token from one row of raw logits; `allowed` is the grammar's bool mask."""
-        scores = logits.to(torch.float32).clone()
+    def choose(self, logits: npt.ArrayLike, allowed: Mask | None = None) -> Choice:
+        """Pick the next token from one row of raw logits [vocab]; `allowed` is the grammar's bool
+        mask. The logits are not modified."""
+        scores = np.array(logits, dtype=np.float32, copy=True)
         if self.params.watermark:
-            scores[green_mask(self._prev, self.vocab_size)] += WATERMARK_DELTA
+            scores[green_mask(self._prev, self.vocab_size)] += np.float32(WATERMARK_DELTA)
         if self._counts is not None:
             if self._rep is not None:
                 seen = self._counts > 0
                 picked = scores[seen]
-                scores[seen] = torch.where(picked < 0, picked * self._rep, picked / self._rep)
+                scores[seen] = np.where(picked < 0, picked * self._rep, picked / self._rep)
             if self._freq is not None:
-                scores -= self._freq * self._counts / max(self._length, 1)
+                scores -= (self._freq / max(self._length, 1)) * self._counts
         if allowed is not None:
-            scores.masked_fill_(~allowed, float("-inf"))
+            scores[~allowed] = -np.inf
         if self.sampling:
             scores = self._warp(scores)
-        logprobs = torch.log_softmax(scores, dim=-1)
+        logprobs = log_softmax(scores)
         if self.sampling:
-            # Inverse-CDF draw: one uniform from the request's generator (multinomial was 5x slower
-            # on a 49k vocabulary). Zero-probability tokens never win: their CDF step is empty.
-            cdf = torch.cumsum(logprobs.exp(), dim=0)
-            u = torch.rand(1, generator=self.generator) * cdf[-1]
-            token = min(int(torch.searchsorted(cdf, u, right=True).item()), cdf.numel() - 1)
-            while token > 0 and not math.isfinite(float(logprobs[token])):  # float round-off
-                token -= 1
+            assert self.generator is not None
+            # Inverse-CDF draw: one uniform from the request's generator. Zero-probability tokens
+            # never win: their CDF step is empty (float64 so that the steps do not round away).
+            cdf = np.cumsum(np.exp(logprobs, dtype=np.float64))
+            u = self.generator.random() * cdf[-1]
+            token = min(int(np.searchsorted(cdf, u, side="right")), cdf.size - 1)
+            if not np.isfinite(logprobs[token]):  # u rounded onto the end: the last live token
+                token = int(np.flatnonzero(np.isfinite(logprobs[: token + 1]))[-1])
         else:
-            token = int(torch.argmax(scores).item())
+            token = int(np.argmax(scores))
         top: tuple[tuple[int, float], ...] = ()
-        n = self.params.top_n_tokens
+        n = min(self.params.top_n_tokens, logprobs.size)
         if n > 0:
-            values, indices = torch.topk(logprobs, min(n, logprobs.numel()))
-            top = tuple(
-                (int(i), float(v))
-                for v, i in zip(values.tolist(), indices.tolist(), strict=True)
-                if math.isfinite(v)
-            )
+            best = np.argpartition(-logprobs, n - 1)[:n]
+            best = best[np.argsort(-logprobs[best], kind="stable")]
+            top = tuple((int(i), float(logprobs[i])) for i in best if np.isfinite(logprobs[i]))
         return Choice(token_id=token, logprob=float(logprobs[token]), top=top)
 
     def accept(self, token_id: int) -> None:
@@ -143,13 +152,13 @@ class TokenChooser:
         if self._counts is not None and 0 <= token_id < self.vocab_size:
             self._counts[token_id] += 1
 
-    def _warp(self, scores: torch.Tensor) -> torch.Tensor:
+    def _warp(self, scores: Scores) -> Scores:
         p = self.params
         if p.temperature != 1.0:
-            scores = scores / p.temperature
-        if p.top_k is not None and 0 < p.top_k < scores.numel():
-            kth = torch.topk(scores, p.top_k).values[-1]
-            scores = scores.masked_fill(scores < kth, float("-inf"))
+            scores = scores / np.float32(p.temperature)
+        if p.top_k is not None and 0 < p.top_k < scores.size:
+            kth = np.partition(scores, scores.size - p.top_k)[scores.size - p.top_k]
+            scores = np.where(scores < kth, np.float32(-np.inf), scores)
         if p.top_p is not None and p.top_p < 1.0:
             scores = top_p_filter(scores, p.top_p)
         if p.typical_p is not None and p.typical_p < 1.0:
@@ -157,29 +166,43 @@ class TokenChooser:
         return scores
 
 
-def top_p_filter(scores: torch.Tensor, top_p: float) -> torch.Tensor:
+def log_softmax(scores: Scores) -> Scores:
+    """log-softmax of one row; -inf stays -inf (at least one entry must be finite)."""
+    shifted: Scores = scores - scores.max()
+    shifted -= np.log(np.exp(shifted).sum(dtype=np.float32))
+    return shifted
+
+
+def top_p_filter(scores: Scores, top_p: float) -> Scores:
     """Keep the smallest set of most likely tokens whose probability reaches `top_p` (>= 1 token)."""
-    alive = torch.isfinite(scores).nonzero().squeeze(1)
-    if 0 < alive.numel() < scores.numel() // 2:  # after top-k: sort the survivors only
-        kept = top_p_filter(scores[alive], top_p)
-        return torch.full_like(scores, float("-inf")).index_copy_(0, alive, kept)
-    sorted_scores, order = torch.sort(scores, descending=False)
-    cumulative = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
+    alive = np.flatnonzero(np.isfinite(scores))
+    if 0 < alive.size < scores.size // 2:  # after top-k: sort the survivors only
+        out = np.full_like(scores, -np.inf)
+        out[alive] = top_p_filter(scores[alive], top_p)
+        return out
+    order = np.argsort(scores, kind="stable")  # ascending
+    cumulative = np.cumsum(np.exp(log_softmax(scores[order])))
     remove = cumulative <= (1 - top_p)
     remove[-1] = False
-    return scores.masked_fill(remove.scatter(0, order, remove), float("-inf"))
+    out = scores.copy()
+    out[order[remove]] = -np.inf
+    return out
 
 
-def typical_filter(scores: torch.Tensor, mass: float) -> torch.Tensor:
+def typical_filter(scores: Scores, mass: float) -> Scores:
     """Locally typical sampling (Meister et al.): keep tokens whose surprise is closest to the
     entropy until `mass` probability is covered (>= 1 token)."""
-    logp = torch.log_softmax(scores, dim=-1)
-    p = logp.exp()
-    entropy = -(logp * p).nansum()
-    shifted = torch.abs(-logp - entropy)
-    sorted_shift, order = torch.sort(shifted)
-    cumulative = scores.gather(0, order).softmax(dim=-1).cumsum(dim=-1)
-    last = int((cumulative < mass).sum().clamp(max=scores.numel() - 1))
+    logp = log_softmax(scores)
+    p = np.exp(logp)
+    live = np.isfinite(logp)
+    entropy = -(logp[live] * p[live]).sum()
+    shifted = np.abs(-logp - entropy)
+    order = np.argsort(shifted, kind="stable")
+    sorted_shift = shifted[order]
+    cumulative = np.cumsum(np.exp(log_softmax(scores[order])))
+    last = min(int((cumulative < mass).sum()), scores.size - 1)
     remove_sorted = sorted_shift > sorted_shift[last]
     remove_sorted[0] = False
-    return scores.masked_fill(remove_sorted.scatter(0, order, remove_sorted), float("-inf"))
+    out = scores.copy()
+    out[order[remove_sorted]] = -np.inf
+    return out

@@ -117,13 +117,12 @@ def _message_dict(message: ChatMessage) -> dict[str, str]:
 async def render_chat(srv: Server, messages: Sequence[ChatMessage]) -> str:
     """The prompt the model's own chat template makes of `messages` (rendered in a worker thread)."""
     tokenizer = srv.model.tokenizer
-    if not getattr(tokenizer, "chat_template", None):
+    if tokenizer.chat_template is None:
         raise TemplateError("this model has no chat template")
     conversation = [_message_dict(m) for m in messages]
 
     def render() -> str:
-        text = tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
-        return str(text)
+        return str(tokenizer.apply_chat_template(conversation, add_generation_prompt=True))
 
     try:
         return await asyncio.to_thread(render)

@@ -46,7 +46,7 @@ async def test_chat_completion_uses_template_and_reports_usage(localtgi: Running
     tok = localtgi.state.model.tokenizer
     prompt = ("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
               "<|im_start|>assistant\n")
-    prompt_tokens = len(tok(prompt, add_special_tokens=False)["input_ids"])
+    prompt_tokens = len(tok.encode(prompt, add_special_tokens=False))
     assert body["usage"] == {"prompt_tokens": prompt_tokens, "completion_tokens": 5,
                              "total_tokens": prompt_tokens + 5}
     gen = await post(localtgi, "/generate", {"inputs": prompt, "parameters": {"max_new_tokens": 5}})

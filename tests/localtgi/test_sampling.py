@@ -1,9 +1,11 @@
-"""Logits processing against transformers' reference processors, seeds, and the watermark."""
+"""Logits processing (numpy) against transformers' reference processors (torch), seeds, and the watermark."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
+import numpy.typing as npt
 import pytest
 import torch
 from transformers.generation.logits_process import (
@@ -18,35 +20,45 @@ from localtgi.sampling import (
     TokenChooser,
     green_mask,
     is_sampling,
+    log_softmax,
     top_p_filter,
     typical_filter,
     watermark_z_score,
 )
 
 V = 300
+F32 = npt.NDArray[np.float32]
 
 
-def logits(seed: int, scale: float = 3.0) -> torch.Tensor:
-    return torch.randn(V, generator=torch.Generator().manual_seed(seed)) * scale
+def logits(seed: int, scale: float = 3.0, vocab: int = V) -> F32:
+    return (np.random.default_rng(seed).standard_normal(vocab) * scale).astype(np.float32)
 
 
-def finite_set(scores: torch.Tensor) -> set[int]:
-    return set(torch.isfinite(scores).nonzero().squeeze(1).tolist())
+def ref_row(x: F32) -> torch.Tensor:
+    """The same row as a [1, vocab] torch batch for transformers' processors."""
+    return torch.from_numpy(x.copy()).unsqueeze(0)
+
+
+def finite_set(scores: F32 | torch.Tensor) -> set[int]:
+    return set(np.flatnonzero(np.isfinite(np.asarray(scores))).tolist())
 
 
 @pytest.mark.parametrize("top_p", [0.1, 0.5, 0.9, 0.99])
 def test_top_p_matches_transformers(top_p: float) -> None:
     for seed in range(5):
         x = logits(seed)
-        ref = TopPLogitsWarper(top_p)(None, x.unsqueeze(0))[0]
-        assert finite_set(top_p_filter(x, top_p)) == finite_set(ref)
+        ref = TopPLogitsWarper(top_p)(None, ref_row(x))[0]
+        got = top_p_filter(x, top_p)
+        assert got.dtype == np.float32 and finite_set(got) == finite_set(ref)
+        kept = np.isfinite(got)
+        assert np.array_equal(got[kept], x[kept])  # survivors are untouched
 
 
 def test_top_p_after_top_k_sorts_survivors_only() -> None:
     x = logits(1)
-    kth = torch.topk(x, 10).values[-1]
-    masked = x.masked_fill(x < kth, float("-inf"))
-    ref = TopPLogitsWarper(0.7)(None, masked.unsqueeze(0))[0]
+    kth = np.sort(x)[-10]
+    masked = np.where(x < kth, np.float32(-np.inf), x)
+    ref = TopPLogitsWarper(0.7)(None, ref_row(masked))[0]
     assert finite_set(top_p_filter(masked, 0.7)) == finite_set(ref)
 
 
@@ -54,16 +66,33 @@ def test_top_p_after_top_k_sorts_survivors_only() -> None:
 def test_typical_p_matches_transformers(mass: float) -> None:
     for seed in range(5):
         x = logits(seed)
-        ref = TypicalLogitsWarper(mass)(None, x.unsqueeze(0))[0]
+        ref = TypicalLogitsWarper(mass)(None, ref_row(x))[0]
         assert finite_set(typical_filter(x, mass)) == finite_set(ref)
+
+
+def test_typical_p_after_top_k_matches_transformers() -> None:
+    x = logits(8)
+    masked = np.where(x < np.sort(x)[-20], np.float32(-np.inf), x)
+    ref = TypicalLogitsWarper(0.5)(None, ref_row(masked))[0]
+    assert finite_set(typical_filter(masked, 0.5)) == finite_set(ref)
+
+
+def test_log_softmax_matches_torch_and_keeps_minus_inf() -> None:
+    x = logits(9)
+    x[[3, 30]] = -np.inf
+    got = log_softmax(x)
+    want = torch.log_softmax(torch.from_numpy(x), -1).numpy()
+    assert got.dtype == np.float32
+    assert np.array_equal(np.isfinite(got), np.isfinite(want))
+    np.testing.assert_allclose(got[np.isfinite(got)], want[np.isfinite(want)], atol=1e-5)
 
 
 def test_top_k_and_temperature_warp_like_transformers() -> None:
     x = logits(3)
     chooser = TokenChooser(SamplingParams(top_k=7, temperature=0.5, seed=1), [1, 2], V)
-    warped = chooser._warp(x.clone())
-    ref = TopKLogitsWarper(7)(None, (x / 0.5).unsqueeze(0))[0]
-    assert torch.equal(warped, ref)
+    warped = chooser._warp(x.copy())
+    ref = TopKLogitsWarper(7)(None, ref_row(x / np.float32(0.5)))[0]
+    assert warped.dtype == np.float32 and np.array_equal(warped, ref.numpy())
 
 
 def test_repetition_penalty_matches_transformers() -> None:
@@ -71,16 +100,27 @@ def test_repetition_penalty_matches_transformers() -> None:
     x = logits(4)
     chooser = TokenChooser(SamplingParams(repetition_penalty=1.3, top_n_tokens=V), prompt, V)
     got = chooser.choose(x)
-    ref = RepetitionPenaltyLogitsProcessor(1.3)(torch.tensor([prompt]), x.unsqueeze(0))[0]
+    ref = RepetitionPenaltyLogitsProcessor(1.3)(torch.tensor([prompt]), ref_row(x))[0]
     ref_lp = torch.log_softmax(ref, -1)
     assert got.token_id == int(ref.argmax())
     assert got.logprob == pytest.approx(float(ref_lp.max()), abs=1e-5)
     assert dict(got.top)[9] == pytest.approx(float(ref_lp[9]), abs=1e-5)
+    assert np.array_equal(x, logits(4))  # the caller's row is not modified
+
+
+def test_top_tokens_are_the_best_logprobs_in_order() -> None:
+    x = logits(12)
+    x[50] = -np.inf
+    choice = TokenChooser(SamplingParams(top_n_tokens=V), [1], V).choose(x)
+    lp = log_softmax(x)
+    want = [int(i) for i in np.argsort(-lp, kind="stable") if np.isfinite(lp[i])]
+    assert [i for i, _ in choice.top] == want  # every finite token, best first, -inf left out
+    assert [i for i, _ in TokenChooser(SamplingParams(top_n_tokens=3), [1], V).choose(x).top] == want[:3]
 
 
 def test_frequency_penalty_is_count_over_length() -> None:
     prompt = [3, 3, 3, 8]
-    x = torch.zeros(V)
+    x = np.zeros(V, dtype=np.float32)
     x[3], x[8], x[20] = 1.0, 0.9, 0.5
     chooser = TokenChooser(SamplingParams(frequency_penalty=2.0, top_n_tokens=3), prompt, V)
     choice = chooser.choose(x)
@@ -96,8 +136,9 @@ def test_logprob_is_of_the_final_distribution() -> None:
     x = logits(5)
     params = SamplingParams(do_sample=True, seed=3, temperature=0.5, top_k=5, top_n_tokens=5)
     choice = TokenChooser(params, [1], V).choose(x)
-    kth = torch.topk(x / 0.5, 5).values[-1]
-    final = torch.log_softmax((x / 0.5).masked_fill(x / 0.5 < kth, float("-inf")), -1)
+    t = torch.from_numpy(x) / 0.5
+    kth = torch.topk(t, 5).values[-1]
+    final = torch.log_softmax(t.masked_fill(t < kth, float("-inf")), -1)
     assert choice.logprob == pytest.approx(float(final[choice.token_id]), abs=1e-5)
     assert len(choice.top) == 5
     assert math.fsum(math.exp(lp) for _, lp in choice.top) == pytest.approx(1.0, abs=1e-5)
@@ -117,8 +158,29 @@ def test_same_seed_same_draws_and_different_seed_differs() -> None:
     assert draws(7) != draws(8)
 
 
+def test_the_seed_drives_numpys_pcg64_stream() -> None:
+    # Documented: a seed gives numpy's stream (not torch's). Uniform logits: token = floor(u * V).
+    for seed in (0, 7, 2**63 + 5):
+        u = np.random.default_rng(seed).random()
+        chooser = TokenChooser(SamplingParams(do_sample=True, seed=seed), [1], V)
+        assert chooser.choose(np.zeros(V, np.float32)).token_id == int(u * V)
+
+
+def test_sampling_never_draws_an_excluded_token() -> None:
+    x = np.full(V, -np.inf, dtype=np.float32)
+    x[0] = 0.0  # only the first token is alive: every uniform must land on it
+    chooser = TokenChooser(SamplingParams(do_sample=True, seed=1), [1], V)
+    assert {chooser.choose(x).token_id for _ in range(200)} == {0}
+    x = logits(13)
+    x[[V - 1, 77]] = 1.0  # equally likely, one at each end of the CDF's live steps
+    allowed = np.zeros(V, dtype=bool)
+    allowed[[V - 1, 77]] = True
+    picks = {chooser.choose(x, allowed).token_id for _ in range(200)}
+    assert picks == {V - 1, 77}
+
+
 def test_sampling_draws_follow_the_distribution() -> None:
-    x = torch.full((V,), float("-inf"))
+    x = np.full(V, -np.inf, dtype=np.float32)
     x[10], x[11] = math.log(0.75), math.log(0.25)
     chooser = TokenChooser(SamplingParams(do_sample=True, seed=0), [1], V)
     picks = [chooser.choose(x).token_id for _ in range(2000)]
@@ -139,7 +201,7 @@ def test_is_sampling_follows_tgi() -> None:
 
 def test_grammar_mask_is_respected_and_greedy_picks_best_allowed() -> None:
     x = logits(6)
-    allowed = torch.zeros(V, dtype=torch.bool)
+    allowed = np.zeros(V, dtype=bool)
     allowed[[4, 40, 140]] = True
     choice = TokenChooser(SamplingParams(top_n_tokens=5), [1], V).choose(x, allowed)
     assert choice.token_id == max((4, 40, 140), key=lambda i: float(x[i]))
@@ -148,9 +210,10 @@ def test_grammar_mask_is_respected_and_greedy_picks_best_allowed() -> None:
 
 def test_green_list_is_half_the_vocabulary_and_keyed_by_previous_token() -> None:
     a, b = green_mask(17, 1000), green_mask(18, 1000)
-    assert int(a.sum()) == 500
-    assert torch.equal(a, green_mask(17, 1000))
-    assert not torch.equal(a, b)
+    assert a.dtype == np.bool_ and int(a.sum()) == 500
+    assert np.array_equal(a, green_mask(17, 1000))
+    assert not np.array_equal(a, b)
+    assert not a.flags.writeable  # cached and shared between requests
 
 
 def test_watermark_is_detected_and_plain_sampling_is_not() -> None:
@@ -161,7 +224,7 @@ def test_watermark_is_detected_and_plain_sampling_is_not() -> None:
         chooser = TokenChooser(params, [7], vocab)
         tokens = [7]
         for step in range(200):
-            x = torch.randn(vocab, generator=torch.Generator().manual_seed(step)) * 1.5
+            x = logits(step, scale=1.5, vocab=vocab)
             c = chooser.choose(x)
             chooser.accept(c.token_id)
             tokens.append(c.token_id)

@@ -30,7 +30,7 @@ def validator(tiny_model: LoadedModel) -> Validator:
     tok = tiny_model.tokenizer
 
     def encode(text: str, special: bool) -> list[int]:
-        return list(tok(text, add_special_tokens=special)["input_ids"])
+        return tok.encode(text, add_special_tokens=special)
 
     return Validator(LIMITS, encode)
 
