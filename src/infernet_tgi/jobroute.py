@@ -1,0 +1,188 @@
+"""`JobRoute`: the hot path, `POST /service_output` served straight from ASGI in front of the Quart app.
+
+Use it as the app's `asgi_app` middleware (`create_app` does): it answers `POST /service_output` itself
+and hands every other request (other routes, other methods, lifespan) to Quart unchanged. A job then
+costs no Quart request, context, response or handler tasks (measured: about a quarter of the CPU of a
+job), and behaves as the Quart route did: the bearer check, the body limit (413) and body timeout
+(408), the same JSON answers and error bodies, stream bodies written chunk by chunk, and a client
+that hangs up cancels its job (so the upstream sees the disconnect). The route stays registered in
+Quart too, with the same `JobService`, so the OpenAPI document lists it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from contextlib import aclosing
+from typing import Any
+
+from .errors import InfernetTGIError, PayloadTooLargeError
+from .jobservice import JobService, error_bytes
+from .relay import Relay
+
+log = logging.getLogger("infernet_tgi")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[..., Awaitable[None]]  # Quart's `asgi_app`, typed with its own TypedDicts
+
+PATH = "/service_output"
+BODY_TIMEOUT = 60.0  # seconds to receive a request body once it has begun (Quart's default too)
+_JSON_TYPE = (b"content-type", b"application/json")
+_TEXT_TYPE = (b"content-type", b"text/plain; charset=utf-8")
+_END = {"type": "http.response.body", "body": b"", "more_body": False}
+
+
+class _ClientGone(Exception):
+    """The client disconnected before its body arrived: there is no one to answer."""
+
+
+class JobRoute:
+    """ASGI middleware serving `POST /service_output` with `service`, everything else with `app`."""
+
+    def __init__(self, app: ASGIApp, service: JobService, *, max_body: int) -> None:
+        self._app = app
+        self._service = service
+        self._max_body = max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or scope["path"] != PATH
+            or scope["method"] != "POST"
+            or scope.get("root_path")
+        ):
+            await self._app(scope, receive, send)
+            return
+        task = asyncio.current_task()
+        assert task is not None
+        watcher: asyncio.Task[None] | None = None
+        gone = False
+
+        def hung_up() -> None:
+            nonlocal gone
+            gone = True
+            task.cancel()
+
+        try:
+            try:
+                authorization, length = _headers(scope["headers"])
+                self._service.check_bearer(authorization)
+                raw = await self._body(receive, length)
+                # Quart cancels a job whose client went away; so does this watcher.
+                watcher = asyncio.create_task(_watch(receive, hung_up))
+                answer = await self._service.answer(raw)
+            except InfernetTGIError as exc:
+                if exc.status >= 500:
+                    log.warning("job failed: %s", exc.description)
+                await _whole(send, exc.status, error_bytes(exc.status, *_name_and_cause(exc)))
+                return
+            except _BodyTimeout:
+                await _whole(send, 408, error_bytes(408, "Request Timeout", _BODY_LATE))
+                return
+            except _ClientGone:
+                return
+            except Exception as exc:
+                log.exception("unexpected error")
+                cause = f"internal error ({type(exc).__name__}); see the container log"
+                await _whole(send, 500, error_bytes(500, "Internal Server Error", cause))
+                return
+            if isinstance(answer, Relay):
+                await _relay(send, answer)
+            else:
+                await _whole(send, 200, answer)
+            # No await follows the last send (uvicorn's `receive` says "disconnect" from then on): the
+            # watcher cannot run, and so cannot cancel this task, before `finally` stops it.
+        except asyncio.CancelledError:
+            if not gone:
+                raise
+            task.uncancel()  # our own cancellation: the client left, nothing more to do
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+
+    async def _body(self, receive: Receive, length: int | None) -> bytes:
+        limit = self._max_body
+        if length is not None and length > limit:
+            raise _too_large(limit)
+        message = await receive()
+        if message["type"] != "http.request":
+            raise _ClientGone()
+        body: bytes = message.get("body", b"")
+        if message.get("more_body", False):
+            parts, size = [body], len(body)
+            try:
+                async with asyncio.timeout(BODY_TIMEOUT):
+                    while True:
+                        if size > limit:
+                            raise _too_large(limit)
+                        message = await receive()
+                        if message["type"] != "http.request":
+                            raise _ClientGone()
+                        part = message.get("body", b"")
+                        parts.append(part)
+                        size += len(part)
+                        if not message.get("more_body", False):
+                            break
+            except TimeoutError as exc:
+                raise _BodyTimeout() from exc
+            body = b"".join(parts)
+        if len(body) > limit:
+            raise _too_large(limit)
+        return body
+
+
+class _BodyTimeout(Exception):
+    """The body did not arrive within BODY_TIMEOUT."""
+
+
+_BODY_LATE = f"the request body did not arrive within {BODY_TIMEOUT:g} s"
+
+
+def _too_large(limit: int) -> PayloadTooLargeError:
+    return PayloadTooLargeError(f"request body is over {limit} bytes (TGI_INF_MAX_BODY_BYTES)")
+
+
+def _name_and_cause(exc: InfernetTGIError) -> tuple[str, str]:
+    body = exc.body()
+    return body["name"], body["description"]
+
+
+def _headers(headers: list[tuple[bytes, bytes]]) -> tuple[str, int | None]:
+    """The Authorization header and the Content-Length (None when absent or not a number)."""
+    authorization = ""
+    length: int | None = None
+    for name, value in headers:
+        if name == b"authorization":
+            authorization = value.decode("latin-1")
+        elif name == b"content-length":
+            try:
+                length = int(value)
+            except ValueError:
+                length = None
+    return authorization, length
+
+
+async def _watch(receive: Receive, hung_up: Callable[[], None]) -> None:
+    """Wait for the client to disconnect (the body has been read; nothing else can arrive)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    hung_up()
+
+
+async def _whole(send: Send, status: int, body: bytes) -> None:
+    headers = [_JSON_TYPE, (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def _relay(send: Send, relay: Relay) -> None:
+    """A stream job's body, chunk by chunk; closing the relay closes the upstream stream."""
+    await send({"type": "http.response.start", "status": 200, "headers": [_TEXT_TYPE]})
+    async with aclosing(relay):
+        async for chunk in relay:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    await send(dict(_END))

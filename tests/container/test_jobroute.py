@@ -1,0 +1,99 @@
+"""The hot path (`JobRoute`): `POST /service_output` served in front of Quart, answering exactly as the
+Quart view does, with the body limit, bearer check and disconnects handled on a real server."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from containerkit import RunningContainer, env_for
+from faketgi import FakeTGI, Ok
+
+JOB = {"source": 1, "destination": 1, "data": {"text": "hi"}}
+BODIES: list[bytes] = [
+    json.dumps(JOB).encode(),
+    json.dumps({"source": 1, "destination": 2, "data": {"text": "a b c"}}).encode(),
+    b"{not json",
+    json.dumps({"source": 1, "destination": 1, "data": {"text": "x", "parameters": {"top_p": 2}}}).encode(),
+    json.dumps({"source": 1, "destination": 1, "data": "zz"}).encode(),
+]
+
+
+async def test_hot_path_answers_as_the_quart_view(app_for: Any, fake: FakeTGI) -> None:
+    client = await app_for(env_for(fake.url, TGI_INF_BEARER="s3cret"))
+    view_calls = []
+    view = client.app.view_functions["service_output"]
+
+    async def counted() -> Any:
+        view_calls.append(1)
+        return await view()
+
+    client.app.view_functions["service_output"] = counted
+    for headers in ({"Authorization": "Bearer s3cret"}, {}, {"Authorization": "Bearer nope"}):
+        for body in BODIES:
+            fast = await client.post("/service_output", data=body, headers=headers)
+            assert not view_calls  # the hot path answered
+            slow = await client.post("/x/service_output", data=body, headers=headers, root_path="/x")
+            # under a root path Quart answered: its view, or its bearer check before it
+            assert view_calls == ([] if slow.status_code == 401 else [1])
+            view_calls.clear()
+            assert (fast.status_code, fast.content_type) == (slow.status_code, slow.content_type)
+            assert await fast.get_data() == await slow.get_data()
+            if not headers:
+                assert fast.status_code == 401
+    # other methods on the route are still Quart's (a JSON 405 naming what is allowed)
+    refused = await client.get("/service_output", headers={"Authorization": "Bearer s3cret"})
+    assert refused.status_code == 405 and refused.headers["Allow"] == "POST"
+
+
+@pytest.fixture(scope="module")
+def small_limit() -> Iterator[tuple[FakeTGI, str]]:
+    with FakeTGI() as fake, RunningContainer(env_for(fake.url, TGI_INF_MAX_BODY_BYTES="2000")) as url:
+        yield fake, url
+
+
+def test_body_over_the_limit_is_a_413_with_or_without_a_length(small_limit: tuple[FakeTGI, str]) -> None:
+    _, url = small_limit
+    big = json.dumps({**JOB, "data": {"text": "x" * 3000}}).encode()
+
+    def chunked() -> Iterator[bytes]:
+        for start in range(0, len(big), 500):
+            yield big[start : start + 500]
+
+    for content in (big, chunked()):
+        answer = httpx.post(url + "/service_output", content=content, timeout=10)
+        assert answer.status_code == 413
+        assert answer.json() == {
+            "code": "413",
+            "name": "Request Entity Too Large",
+            "description": "request body is over 2000 bytes (TGI_INF_MAX_BODY_BYTES)",
+        }
+    small = json.dumps(JOB).encode()
+    answer = httpx.post(url + "/service_output", content=iter([small[:10], small[10:]]), timeout=10)
+    assert answer.status_code == 200 and answer.json()["output"] == "echo: hi"
+
+
+def test_client_leaving_cancels_its_job_upstream(small_limit: tuple[FakeTGI, str]) -> None:
+    fake, url = small_limit
+    fake.reset()
+    fake.script(Ok(delay=3))
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(url + "/service_output", json=JOB, timeout=0.5)  # hangs up after 0.5 s
+    deadline = time.monotonic() + 2
+    while _in_flight(url) != 0.0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _in_flight(url) == 0.0  # cancelled at once, not after the upstream's 3 s
+    answer = httpx.post(url + "/service_output", json=JOB, timeout=10)
+    assert answer.status_code == 200  # the worker serves on
+
+
+def _in_flight(url: str) -> float:
+    for line in httpx.get(url + "/metrics").text.splitlines():
+        if line.startswith("infernet_tgi_jobs_in_flight "):
+            return float(line.split()[1])
+    raise AssertionError("no in-flight gauge")
