@@ -21,8 +21,9 @@
         ├── UpstreamShardError        503 TGI shard not ready (424) / shard timeout (504) (retryable)
         └── UpstreamProtocolError     502 the backend answered something we cannot read, or a 500
 
-Foreign exceptions (aiohttp, pydantic, eth-abi) are translated where they enter: aiohttp in
-`upstream.http` (called by `upstream.client`), pydantic in `jobs`, eth-abi in `onchain`. Every error
+Foreign exceptions (socket, TLS and HTTP-parser failures, pydantic, eth-abi) are translated where they
+enter: the HTTP client's in `upstream.http` (called by `upstream.client`), pydantic in `jobs`, eth-abi
+in `onchain`. Every error
 renders as the Ritual JSON convention `{"code": "<status>", "name": "<reason>", "description": "<cause>"}`.
 """
 

@@ -1,7 +1,7 @@
 """The one place where HTTP failures become `UpstreamError`s.
 
-Use `transport_error` for an aiohttp exception (the client calls it), `status_error` for a non-2xx
-answer and `event_error` for an error event inside a 200 stream. The mapping follows the TGI client's
+Use `transport_error` for a failure of the HTTP client (the client calls it), `status_error` for a
+non-2xx answer and `event_error` for an error event inside a 200 stream. The mapping follows the TGI client's
 rules (error_type first, then status), extended to the transport failures the reference leaves unhandled.
 """
 
@@ -11,7 +11,7 @@ import json
 from http import HTTPStatus
 from typing import Any
 
-import aiohttp
+import httptools
 
 from ..errors import (
     UpstreamError,
@@ -60,27 +60,36 @@ _DESCRIBE: dict[type[UpstreamError], str] = {
 }
 
 
-def transport_error(exc: aiohttp.ClientError | TimeoutError, url: str) -> UpstreamError:
+class ConnectTimeoutError(Exception):
+    """The client's own signal: no connection within the timeout (translated by `transport_error`)."""
+
+
+class ConnectionClosedError(Exception):
+    """The client's own signal: the upstream closed the connection before the answer was complete
+    (translated by `transport_error`)."""
+
+
+def transport_error(exc: BaseException, url: str) -> UpstreamError:
     """A failure without an HTTP answer (or with a broken one) as an error of our tree."""
     where = redact(url)
     detail = _detail(exc)
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+    if isinstance(exc, ConnectTimeoutError):
         return UpstreamUnavailableError(f"upstream unreachable at {where}: connect timed out")
-    if isinstance(exc, TimeoutError):  # aiohttp's read timeouts are TimeoutErrors too
-        return UpstreamTimeoutError(f"upstream timed out at {where}: {type(exc).__name__}")
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return UpstreamUnavailableError(f"upstream unreachable at {where}: {detail}")
-    if isinstance(
-        exc, aiohttp.ClientConnectionError | aiohttp.ClientPayloadError | aiohttp.ClientResponseError
-    ):
+    if isinstance(exc, TimeoutError):
+        return UpstreamTimeoutError(f"upstream timed out at {where}: no data for the read timeout")
+    if isinstance(exc, ConnectionClosedError):
         return UpstreamUnavailableError(f"upstream closed the connection at {where}: {detail}")
+    if isinstance(exc, httptools.HttpParserError):
+        return UpstreamUnavailableError(f"upstream sent a malformed HTTP answer at {where}: {detail}")
+    if isinstance(exc, OSError):  # raised while connecting (refused, unreachable, DNS, TLS)
+        return UpstreamUnavailableError(f"upstream unreachable at {where}: {detail}")
     return UpstreamUnavailableError(f"upstream transport failed at {where}: {detail}")
 
 
 def _detail(exc: BaseException) -> str:
     try:
         return str(exc) or type(exc).__name__
-    except Exception:  # some aiohttp errors cannot render without their connection key
+    except Exception:  # an exception whose str() itself fails
         return type(exc).__name__
 
 

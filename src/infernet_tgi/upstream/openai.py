@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 from ..constraints import constraint_of, tgi_grammar, vllm_fields
 from ..errors import UnsupportedRequestError, UpstreamError, UpstreamProtocolError
 from .base import Generation, GenerationRequest, StreamDelta
-from .client import HTTPClient
+from .client import FINISH_WAIT, HTTPClient
 from .http import event_error, redact, status_error
 from .sse import SSEDecoder
 
@@ -359,6 +359,7 @@ class OpenAIUpstream:
                 if failure is not None:  # after the text that came before it
                     raise failure
                 if decoder.done:
+                    await response.finish(FINISH_WAIT)  # the connection then serves the next request
                     break
             text, failure = _read(reader, decoder.close(), url)
             if text:

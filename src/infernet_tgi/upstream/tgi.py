@@ -17,7 +17,7 @@ from typing import Any
 
 from ..errors import UpstreamError, UpstreamProtocolError
 from .base import Generation, GenerationRequest, StreamDelta
-from .client import HTTPClient
+from .client import FINISH_WAIT, HTTPClient
 from .http import event_error, redact, status_error
 from .sse import SSEDecoder
 
@@ -164,6 +164,7 @@ async def tgi_stream(
             text, final, failure = _read(decoder.feed(chunk), url)
             if final is not None:
                 yield final
+                await response.finish(FINISH_WAIT)  # the connection then serves the next request
                 return
             if text:
                 yield StreamDelta(text=text)
