@@ -17,7 +17,7 @@ from typing import Any
 from jinja2 import Template, TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from .errors import ConfigError, UpstreamValidationError
+from .errors import ConfigError, UnsupportedRequestError
 
 _CHATML = (
     "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>' + '\n' }}"
@@ -101,12 +101,13 @@ class ChatTemplate:
                 raise ConfigError(f"{setting}: {exc}") from exc
         try:
             template.render([{"role": "user", "content": "probe"}])
-        except UpstreamValidationError as exc:
+        except UnsupportedRequestError as exc:
             raise ConfigError(f"{setting}: {exc}") from exc
         return template
 
     def render(self, messages: Sequence[dict[str, Any]]) -> str:
-        """The prompt for `messages`; a template error (e.g. a role it refuses) is a 422."""
+        """The prompt for `messages`; a template error (e.g. a role it refuses) is a 422, the job's
+        error (rendered here, before any upstream call)."""
         assert self._compiled is not None
         try:
             return self._compiled.render(
@@ -116,4 +117,4 @@ class ChatTemplate:
                 eos_token=self.eos_token,
             )
         except TemplateError as exc:
-            raise UpstreamValidationError(f"chat template ({self.name}) failed: {exc}") from exc
+            raise UnsupportedRequestError(f"chat template ({self.name}) failed: {exc}") from exc

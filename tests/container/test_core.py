@@ -84,6 +84,26 @@ async def test_local_refusal_is_a_job_error_not_an_upstream_attempt(app_for: Any
     assert 'infernet_tgi_jobs_total{destination="offchain",outcome="422",source="offchain"} 1.0' in metrics
 
 
+async def test_a_chat_template_refusal_is_a_job_error_not_an_upstream_attempt(
+    app_for: Any, fake: FakeTGI
+) -> None:
+    template = (
+        "{% if messages[0]['role'] != 'user' %}{{ raise_exception('the first turn must be the user') }}"
+        "{% endif %}{{ messages[0]['content'] }}"
+    )
+    client = await app_for(engine_env(fake.url, TGI_INF_CHAT_TEMPLATE=template))
+    response = await client.post(
+        "/service_output", json=job({"messages": [{"role": "assistant", "content": "hi"}]})
+    )
+    body = json.loads(await response.get_data(as_text=True))
+    assert response.status_code == 422
+    assert "chat template (custom) failed: the first turn must be the user" in body["description"]
+    assert fake.requests == []
+    metrics = await (await client.get("/metrics")).get_data(as_text=True)
+    assert "infernet_tgi_upstream_latency_seconds_count" not in metrics
+    assert 'infernet_tgi_jobs_total{destination="offchain",outcome="422",source="offchain"} 1.0' in metrics
+
+
 async def test_upstream_attempts_are_counted(client: Any, fake: FakeTGI) -> None:
     response = await client.post("/service_output", json=job({"text": "x"}))
     assert response.status_code == 200
