@@ -6,7 +6,6 @@ Use it as the response body of a stream job (the app does), with the first delta
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
@@ -22,10 +21,9 @@ log = logging.getLogger("infernet_tgi")
 class Relay:
     """The body of a stream job: the text of each delta as UTF-8, as it arrives.
 
-    One loop per stream and one timeout for the whole body (`deadline`, on the event loop's clock;
-    an `asyncio` timeout through the worker's `Drain`, which shortens it at shutdown; no task). It is
-    disarmed while the server writes a chunk, so it fires only while the loop waits for the upstream
-    (a shutdown grace period that ends during a write is the one exception). After the first byte
+    One loop per stream and one deadline for the whole body (`deadline`, on the event loop's clock;
+    a `drain.Deadline`, which the worker's `Drain` shortens at shutdown; no task, one timer). It fires
+    only while the loop waits for the upstream, never while the server writes a chunk. After the first byte
     there is no error channel: a failure ends the stream (and is logged), as do the deadline that
     keeps us under the node's 60 s cut and the end of the shutdown grace period (the body then ends
     cleanly). `aclose` (Quart calls it when the response ends, also when the client went away) closes
@@ -53,19 +51,20 @@ class Relay:
 
     async def _loop(self, first: StreamDelta, deadline: float) -> AsyncGenerator[bytes, None]:
         rest, drain = self._rest, self._drain
+        limit = drain.deadline(deadline)
         try:
-            async with aclosing(rest), drain.limit(deadline - asyncio.get_running_loop().time()) as scope:
+            async with aclosing(rest):
                 if first.text:
-                    when = _disarm(scope)
                     yield _utf8(first.text)
-                    _rearm(scope, when)
                 if first.finish_reason is not None:
                     return
-                async for delta in rest:
+                while True:
+                    try:
+                        delta = await limit.next(rest)
+                    except StopAsyncIteration:
+                        return
                     if delta.text:
-                        when = _disarm(scope)
                         yield _utf8(delta.text)
-                        _rearm(scope, when)
         except TimeoutError:
             if drain.expired:
                 log.warning("stream ended: the container is shutting down (grace period over)")
@@ -74,6 +73,7 @@ class Relay:
         except UpstreamError as exc:
             log.warning("stream ended early: %s", exc.description)
         finally:
+            limit.close()
             await self._finish()
 
     async def _finish(self) -> None:
@@ -99,18 +99,3 @@ def _utf8(text: str) -> bytes:
         return text.encode()
     except UnicodeEncodeError:
         return jsontext.scrub(text).encode()
-
-
-def _disarm(scope: asyncio.Timeout) -> float | None:
-    """Disarm the body's timeout while the server writes a chunk (a timeout must never fire in
-    another frame than the one that awaits); returns when it was due."""
-    when = scope.when()
-    scope.reschedule(None)
-    return when
-
-
-def _rearm(scope: asyncio.Timeout, when: float | None) -> None:
-    # A shutdown that began during the write armed the timeout at the end of its grace period:
-    # the sooner of the two then holds.
-    clamped = scope.when()
-    scope.reschedule(when if clamped is None or when is None else min(when, clamped))
