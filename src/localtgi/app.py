@@ -39,7 +39,9 @@ async def start_server(settings: Settings, model: LoadedModel | None) -> Server:
             load_model, settings.model_id, cache_dir=settings.cache_dir, progress=log.info
         )
     limits = settings.limits_for(model.max_position_embeddings)
-    engine = Engine(model, max_batch_size=settings.max_batch_size, threads=settings.num_threads)
+    engine = Engine(
+        model, max_batch_size=settings.max_batch_size, threads=settings.num_threads, exact=settings.exact
+    )
     await engine.start()
     metrics = Metrics(queue_size=lambda: engine.waiting, batch_size=lambda: engine.active)
     inference = Inference(

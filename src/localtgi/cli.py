@@ -80,7 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--num-threads",
         type=int,
         default=d.num_threads,
-        help="torch CPU threads for the model; default %(default)s",
+        help="OpenVINO CPU threads for the model; default %(default)s",
+    )
+    p.add_argument(
+        "--exact",
+        action="store_true",
+        help="decode in float32 instead of on int8-quantized activations: slower, less memory, "
+        "matches a float reference",
     )
     p.add_argument(
         "--payload-limit",
@@ -118,6 +124,7 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
         max_client_batch_size=a.max_client_batch_size,
         max_batch_size=a.max_batch_size,
         num_threads=a.num_threads,
+        exact=a.exact,
         payload_limit=a.payload_limit,
         compute_type=os.environ.get("COMPUTE_TYPE", "cpu"),
         cache_dir=a.cache_dir,

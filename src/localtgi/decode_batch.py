@@ -1,14 +1,15 @@
-"""The rows that are decoding together: their cache, padding mask and positions.
+"""The rows that are decoding together: their cache, lengths and positions.
 
 Use one `DecodeBatch` in the engine's worker thread. `add` appends rows prefilled by
 `prefill.prefill_many`, `keep` drops finished rows, `step` runs one forward for the last token of
-every row and appends its keys/values.
+every row and stores its keys/values.
 
-The cache is one time-major buffer per keys/values, [capacity, layers, rows, kv_heads, head_dim],
-rows right-aligned (left padding, hidden by the attention mask; positions are explicit), so a row's
-logits do not depend on its neighbours beyond float rounding. The first `width` positions are one
-contiguous block handed to the network without a copy; a step writes one column into spare room,
-and the buffer is reallocated only every `SPARE` steps or when rows join or leave.
+The cache is one buffer per keys/values, [layers, row capacity, kv_heads, position capacity,
+head_dim]. Each row's tokens sit at the start of its own positions (no padding between rows; a
+row attends only to its own length, through `past_bias`), so a row's logits do not depend on its
+neighbours. The first `size` rows of each layer are one contiguous block handed to the network
+without a copy. Positions grow in chunks of `CHUNK`; a row that leaves is replaced by the last row,
+so leaving costs one row's copy, not the whole batch's.
 """
 
 from __future__ import annotations
@@ -16,16 +17,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import torch
 
-from localtgi.network import F32, Network
+from localtgi.network import F32, Network, past_bias
 from localtgi.prefill import RowCache
 
-SPARE = 64
+CHUNK = 128
+
+
+def _round_up(n: int, step: int) -> int:
+    return max(step, -(-n // step) * step)
 
 
 class DecodeBatch:
-    """Cache, padding mask and positions of the rows currently decoding."""
+    """Cache, lengths and positions of the rows currently decoding."""
 
     def __init__(self, network: Network) -> None:
         self._network = network
@@ -33,78 +37,75 @@ class DecodeBatch:
 
     def clear(self) -> None:
         """Drop every row."""
-        self._keys: F32 = self._network.shape.empty_cache(0, SPARE)
-        self._values: F32 = self._network.shape.empty_cache(0, SPARE)
-        self._mask = np.zeros((0, 0), dtype=np.int64)  # 1 = real token, 0 = left padding
-        self._positions = np.zeros(0, dtype=np.int64)  # next position id of each row
+        self._keys: F32 = self._network.shape.empty_cache(0, 0)
+        self._values: F32 = self._network.shape.empty_cache(0, 0)
+        self._lengths = np.zeros(0, dtype=np.int64)  # cached tokens of each row = its next position
 
     @property
     def size(self) -> int:
-        return int(self._mask.shape[0])
+        return int(self._lengths.shape[0])
 
-    @property
-    def width(self) -> int:
-        return int(self._mask.shape[1])
+    def _reserve(self, rows: int, positions: int) -> None:
+        """Make room for `rows` rows of `positions` positions, keeping what is cached."""
+        cap_rows, cap_pos = self._keys.shape[1], self._keys.shape[3]
+        if rows <= cap_rows and positions <= cap_pos:
+            return
+        rows, positions = max(rows, cap_rows), _round_up(max(positions, cap_pos), CHUNK)
+        for name in ("_keys", "_values"):
+            old = getattr(self, name)
+            new = self._network.shape.empty_cache(_round_up(rows, 4), positions)
+            new[:, : self.size, :, : old.shape[3]] = old[:, : self.size]
+            setattr(self, name, new)
 
     def add(self, caches: Sequence[RowCache]) -> None:
-        """Append rows (each `[length, L, 1, H, D]` keys/values) at the end, right-aligned."""
+        """Append rows, each `(keys, values)` of shape [layers, kv_heads, length, head_dim]."""
         if not caches:
             return
-        lengths = [k.shape[0] for k, _ in caches]
-        old, width = self.width, max([self.width, *lengths])
-        rows = self.size + len(caches)
-        keys = self._network.shape.empty_cache(rows, width + SPARE)
-        values = self._network.shape.empty_cache(rows, width + SPARE)
-        keys[width - old : width, :, : self.size] = self._keys[:old]
-        values[width - old : width, :, : self.size] = self._values[:old]
-        mask = np.zeros((rows, width), dtype=np.int64)
-        mask[: self.size, width - old :] = self._mask
+        lengths = [k.shape[2] for k, _ in caches]
+        first = self.size
+        self._reserve(first + len(caches), max([*lengths, *self._lengths.tolist()]) + 1)
         for j, ((k, v), length) in enumerate(zip(caches, lengths, strict=True)):
-            keys[width - length : width, :, self.size + j] = k[:, :, 0]
-            values[width - length : width, :, self.size + j] = v[:, :, 0]
-            mask[self.size + j, width - length :] = 1
-        self._keys, self._values, self._mask = keys, values, mask
-        self._positions = np.concatenate((self._positions, np.array(lengths, dtype=np.int64)))
+            self._keys[:, first + j, :, :length] = k
+            self._values[:, first + j, :, :length] = v
+        self._lengths = np.concatenate((self._lengths, np.array(lengths, dtype=np.int64)))
 
     def keep(self, rows: Sequence[int]) -> None:
-        """Keep only `rows` (in this order); drop columns that are padding in every kept row."""
-        if len(rows) == self.size:
+        """Keep only `rows`, row j of the result being old row rows[j]. Cheapest when every moved
+        row comes from beyond the new size (the engine fills holes with the last rows)."""
+        n = len(rows)
+        if list(rows) == list(range(self.size)):
             return
         if not rows:
             self.clear()
             return
-        index = np.array(list(rows), dtype=np.int64)
-        mask = self._mask[index]
-        used = np.flatnonzero(mask.any(axis=0))
-        start = int(used[0]) if used.size else mask.shape[1]
-        width = self.width - start
-        keys = self._network.shape.empty_cache(len(rows), width + SPARE)
-        values = self._network.shape.empty_cache(len(rows), width + SPARE)
-        keys[:width] = self._keys[start : self.width][:, :, index]
-        values[:width] = self._values[start : self.width][:, :, index]
-        self._keys, self._values = keys, values
-        self._mask = np.ascontiguousarray(mask[:, start:])
-        self._positions = self._positions[index]
+        moves = [(j, r) for j, r in enumerate(rows) if r != j]
+        if all(r >= n for _, r in moves):
+            for j, r in moves:
+                self._keys[:, j] = self._keys[:, r]
+                self._values[:, j] = self._values[:, r]
+        else:
+            index = np.array(list(rows), dtype=np.int64)
+            self._keys[:, :n] = self._keys[:, index]
+            self._values[:, :n] = self._values[:, index]
+        self._lengths = self._lengths[np.array(list(rows), dtype=np.int64)]
 
-    def step(self, last_tokens: Sequence[int]) -> torch.Tensor:
+    def step(self, last_tokens: Sequence[int]) -> F32:
         """One forward for every row's last token; returns next-token logits [rows, vocab]."""
-        rows, width = self.size, self.width
-        mask = np.concatenate((self._mask, np.ones((rows, 1), dtype=np.int64)), axis=1)
+        rows = self.size
+        self._reserve(rows, int(self._lengths.max()) + 1)
+        width = self._keys.shape[3]
         logits, keys, values = self._network.run(
             np.array(list(last_tokens), dtype=np.int64)[:, None],
-            self._positions[:, None],
-            mask,
-            self._keys[:width],
-            self._values[:width],
+            self._lengths[:, None],
+            past_bias(self._lengths, width),
+            self._keys[:, :rows],
+            self._values[:, :rows],
             np.zeros((rows, 1), dtype=np.int64),
+            decode=True,
         )
-        if width == self._keys.shape[0]:
-            grown = self._network.shape.empty_cache(rows, width + SPARE)
-            grown_v = self._network.shape.empty_cache(rows, width + SPARE)
-            grown[:width], grown_v[:width] = self._keys[:width], self._values[:width]
-            self._keys, self._values = grown, grown_v
-        self._keys[width] = keys[0]
-        self._values[width] = values[0]
-        self._mask = mask
-        self._positions = self._positions + 1
-        return torch.from_numpy(logits[:, 0])
+        index = np.arange(rows)
+        # [L, B, H, 1, D] -> [B, L, H, D]: the layout numpy gives the row/position-indexed slots
+        self._keys[:, index, :, self._lengths] = keys[:, :, :, 0].transpose(1, 0, 2, 3)
+        self._values[:, index, :, self._lengths] = values[:, :, :, 0].transpose(1, 0, 2, 3)
+        self._lengths = self._lengths + 1
+        return logits[:, 0]

@@ -123,10 +123,14 @@ class _Sequence:
 class Engine:
     """Continuous-batching generation over one LoadedModel; model work runs in one worker thread."""
 
-    def __init__(self, model: LoadedModel, *, max_batch_size: int = 16, threads: int = 1) -> None:
+    def __init__(
+        self, model: LoadedModel, *, max_batch_size: int = 16, threads: int = 1, exact: bool = False
+    ) -> None:
+        """`exact`: decode steps in float32 too, not on int8 activations (`network.Network`)."""
         self.loaded = model
         self.max_batch_size = max_batch_size
         self.threads = threads
+        self.exact = exact
         self.vocab_size = model.shape.vocab_size
         self._special = model.tokenizer.special_ids | model.eos_token_ids
         self._cond = threading.Condition()
@@ -237,7 +241,7 @@ class Engine:
 
     def _work(self) -> None:
         try:
-            net = Network(self.loaded.network, self.loaded.shape, threads=self.threads)
+            net = Network(self.loaded.network, self.loaded.shape, threads=self.threads, exact=self.exact)
             # Every chat request starts with the template's opening (SmolLM2: a 24-token system
             # turn); prefilling it once cuts a typical chat prefill by more than half.
             ids = prefill_mod.chat_prefix_ids(self.loaded.tokenizer)
@@ -299,8 +303,7 @@ class Engine:
                     self._fail(seq, GenerationError(f"{type(exc).__name__}: {exc}"))
                 continue
             for seq, (logits, kv) in zip(group, results, strict=True):
-                # np.asarray: prefill still hands back torch tensors (a view, no copy).
-                if self._advance_or_fail(seq, np.asarray(logits)):
+                if self._advance_or_fail(seq, logits):
                     kvs.append(kv)
                     joined.append(seq)
         # Joined first: if merging fails, _fail_all reaches them too.
@@ -320,13 +323,19 @@ class Engine:
         return groups
 
     def _drop_finished(self, batch: DecodeBatch) -> None:
-        keep = [i for i, s in enumerate(self._active) if not (s.finished or s.stream.cancelled)]
-        if len(keep) != len(self._active):
-            batch.keep(keep)
-            self._active = [self._active[i] for i in keep]
+        alive = [not (s.finished or s.stream.cancelled) for s in self._active]
+        if all(alive):
+            return
+        # Each hole takes the last row still alive: one row's cache moves, not everything after it.
+        keep = [i for i, ok in enumerate(alive) if ok]
+        n = len(keep)
+        tail = [i for i in keep if i >= n]
+        order = [i if i < n and alive[i] else tail.pop() for i in range(n)]
+        batch.keep(order)
+        self._active = [self._active[i] for i in order]
 
     def _decode_step(self, batch: DecodeBatch) -> None:
-        logits = np.asarray(batch.step([s.last_token for s in self._active]))  # see _admit
+        logits = batch.step([s.last_token for s in self._active])
         for row, seq in enumerate(self._active):
             if not seq.stream.cancelled:
                 self._advance_or_fail(seq, logits[row])

@@ -1,200 +1,180 @@
-"""A Llama decoder written in plain torch, with its cache as explicit inputs and outputs.
+"""The Llama decoder as an OpenVINO graph, built node by node from quantized blocks.
 
-Use `LlamaGraph` to turn a transformers `LlamaForCausalLM` (any Llama-architecture checkpoint: SmolLM2,
-the tiny test model) into a module that `openvino.convert_model` can trace once. Nothing in it keeps
-state: every call gets the past keys/values and returns only the new ones, so the caller owns the
-cache and can batch rows of different lengths (left padding hidden by `attention_mask`, explicit
-`position_ids`). Linear weights and the (tied) embedding are stored as int8 with one float scale per
-output row; OpenVINO recognises that pattern and runs its compressed-weight kernels on it.
+Use `build(weights)` once per checkpoint (well under a second for SmolLM2); `openvino.save_model`
+can store the result and `network.Network` compiles it. Nothing is traced and no torch is needed:
+the graph is written with OpenVINO's public opset API.
 
-Tensor layout (B rows, T new tokens, P past positions, L layers, Hkv key/value heads, D head size):
+Weights stay 4-bit. A Q4_1 block `w = d * q + m` is split as `d * (q - 8) + (m + 8 d)`: the first
+part is a symmetric int4 matrix with one scale per block of 32, the form OpenVINO's CPU plugin runs
+in its compressed-weight kernels; the second is the sum of the input over each block times a small
+float matrix. Both are exact rewrites of the block, so the graph computes what llama.cpp computes.
+The embedding and the LM head are Q8_0 (int8, one scale per block).
 
-* inputs: `input_ids` [B, T], `position_ids` [B, T], `attention_mask` [B, P+T] (1 real, 0 padding),
-  `past_keys` / `past_values` [P, L, B, Hkv, D], `logits_index` [B, K] (positions to score);
-* outputs: `logits` [B, K, vocab], `keys` / `values` [T, L, B, Hkv, D] of the new tokens.
+The graph keeps no state: every call gets the keys/values of the tokens before and returns those
+of the new ones, so the caller owns the cache, and rows of different lengths share a batch.
+Attention is computed in two parts, over the cache (masked by `past_bias`) and over the new tokens
+(causal), with one softmax across both, so the cache is read where it lies and never copied.
 
-The cache is time-major so that the first P positions of a larger buffer are one contiguous block.
+Inputs (B rows, T new tokens, P cached positions, L layers, Hkv key/value heads, D head size):
+
+* `input_ids`, `position_ids` [B, T] int64; `logits_index` [B, K] int64 (new positions to score);
+* `past_bias` [B, 1, 1, 1, P] float32: 0 for a cached position the row attends to, -inf otherwise;
+* `past_key_<i>`, `past_value_<i>` [B, Hkv, P, D] float32 for each layer i.
+
+Outputs: `logits` [B, K, vocab]; `keys`, `values` [L, B, Hkv, T, D] of the new tokens.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
-import torch
+import numpy as np
+
+from localtgi.weights import BLOCK, LlamaWeights, Q4Blocks, Q8Blocks
 
 
-def _quantize(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric int8 per output row: weight ~= q * scale."""
-    w = weight.detach().to(torch.float32)
-    scale = w.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 127.0
-    q = torch.round(w / scale).clamp(-127, 127).to(torch.int8)
-    return q, scale
+def input_names(layers: int) -> list[str]:
+    """Input names in the order `build` declares them."""
+    names = ["input_ids", "position_ids", "past_bias", "logits_index"]
+    names += [f"past_key_{i}" for i in range(layers)]
+    names += [f"past_value_{i}" for i in range(layers)]
+    return names
 
 
-class _Int8Linear(torch.nn.Module):
-    q: torch.Tensor
-    scale: torch.Tensor
+class _Graph:
+    """Node helpers bound to one opset; one instance builds one network."""
 
-    def __init__(self, weight: torch.Tensor) -> None:
-        super().__init__()
-        q, scale = _quantize(weight)
-        self.register_buffer("q", q)
-        self.register_buffer("scale", scale)
+    def __init__(self) -> None:
+        import openvino as ov
+        import openvino.opset15 as ops
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = self.q.to(torch.float32) * self.scale
-        return torch.nn.functional.linear(x, weight)
+        self.ov, self.ops = ov, ops
 
+    def i64(self, *values: int) -> Any:
+        return self.ops.constant(np.array(values, dtype=np.int64))
 
-def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    variance = x.pow(2).mean(-1, keepdim=True)
-    return x * torch.rsqrt(variance + eps) * weight
+    def f32(self, value: Any) -> Any:
+        return self.ops.constant(np.asarray(value, dtype=np.float32))
 
+    def dims(self, node: Any, *axes: int) -> Any:
+        return self.ops.gather(self.ops.shape_of(node), self.i64(*axes), self.i64(0))
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    def reshape(self, node: Any, parts: list[Any]) -> Any:
+        return self.ops.reshape(node, self.ops.concat(parts, 0), False)
 
+    def q8_matrix(self, blocks: Q8Blocks) -> Any:
+        """The dequantized [N, K] matrix as OpenVINO's compressed-weight pattern (int8 x scale)."""
+        ops, ov = self.ops, self.ov
+        n, g, _ = blocks.q.shape
+        w = ops.convert(ops.constant(blocks.q), ov.Type.f32)
+        w = ops.multiply(w, self.f32(blocks.d[:, :, None]))
+        return ops.reshape(w, self.i64(n, g * BLOCK), False)
 
-class UnsupportedModelError(ValueError):
-    """Raised when a checkpoint is not a plain Llama this graph can reproduce."""
+    def q4_linear(self, x: Any, parts: list[Q4Blocks]) -> Any:
+        """x @ W.T for the row-wise concatenation of `parts` (one matmul for q/k/v or gate/up)."""
+        ops, ov = self.ops, self.ov
+        q = np.concatenate([p.q for p in parts])
+        d = np.concatenate([p.d for p in parts])
+        m = np.concatenate([p.m for p in parts])
+        n, g, _ = q.shape
+        nibbles = ((q.astype(np.int16) - 8) & 0x0F).astype(np.uint8).reshape(-1)
+        packed = nibbles[0::2] | (nibbles[1::2] << 4)  # OpenVINO's i4: low nibble first
+        # A copy: a Constant made from a Tensor would otherwise point into `packed`, freed on return.
+        w = ov.op.Constant(ov.Tensor(packed, ov.Shape([n, g, BLOCK]), ov.Type.i4), shared_memory=False)
+        w = ops.multiply(ops.convert(w, ov.Type.f32), self.f32(d[:, :, None]))
+        y = ops.matmul(x, ops.reshape(w, self.i64(n, g * BLOCK), False), False, True)
+        sums = ops.reduce_sum(ops.reshape(x, self.i64(0, 0, g, BLOCK), True), self.i64(-1), False)
+        return ops.add(y, ops.matmul(sums, self.f32(m + 8.0 * d), False, True))
 
+    def rms(self, x: Any, weight: Any, eps: float) -> Any:
+        ops = self.ops
+        mean = ops.reduce_mean(ops.multiply(x, x), self.i64(-1), True)
+        inverse = ops.divide(self.f32(1.0), ops.sqrt(ops.add(mean, self.f32(eps))))
+        return ops.multiply(ops.multiply(x, inverse), self.f32(weight))
 
-def check_supported(config: Any) -> None:
-    """Refuse configurations whose maths this graph does not implement (rather than run them wrong)."""
-    if getattr(config, "model_type", None) != "llama":
-        raise UnsupportedModelError(f"model_type {getattr(config, 'model_type', None)!r} is not llama")
-    rope = getattr(config, "rope_parameters", None) or {}
-    if rope.get("rope_type", "default") != "default":
-        raise UnsupportedModelError(f"rope type {rope.get('rope_type')!r} is not supported")
-    if getattr(config, "hidden_act", "silu") != "silu":
-        raise UnsupportedModelError(f"activation {config.hidden_act!r} is not supported")
-    if getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False):
-        raise UnsupportedModelError("attention or MLP biases are not supported")
-
-
-class _Block(torch.nn.Module):
-    input_norm: torch.Tensor
-    post_norm: torch.Tensor
-
-    def __init__(self, state: dict[str, torch.Tensor], prefix: str) -> None:
-        super().__init__()
-        attn, mlp = prefix + "self_attn.", prefix + "mlp."
-        self.q_proj = _Int8Linear(state[attn + "q_proj.weight"])
-        self.k_proj = _Int8Linear(state[attn + "k_proj.weight"])
-        self.v_proj = _Int8Linear(state[attn + "v_proj.weight"])
-        self.o_proj = _Int8Linear(state[attn + "o_proj.weight"])
-        self.gate_proj = _Int8Linear(state[mlp + "gate_proj.weight"])
-        self.up_proj = _Int8Linear(state[mlp + "up_proj.weight"])
-        self.down_proj = _Int8Linear(state[mlp + "down_proj.weight"])
-        self.register_buffer("input_norm", state[prefix + "input_layernorm.weight"])
-        self.register_buffer("post_norm", state[prefix + "post_attention_layernorm.weight"])
-
-
-class LlamaGraph(torch.nn.Module):
-    """The traceable Llama forward; see the module docstring for its inputs and outputs."""
-
-    cos: torch.Tensor
-    sin: torch.Tensor
-    embed_q: torch.Tensor
-    embed_scale: torch.Tensor
-    norm: torch.Tensor
-
-    def __init__(self, model: Any) -> None:
-        super().__init__()
-        config = model.config
-        check_supported(config)
-        state = {k: v.detach().to(torch.float32) for k, v in model.state_dict().items()}
-        self.layers = int(config.num_hidden_layers)
-        self.heads = int(config.num_attention_heads)
-        self.kv_heads = int(config.num_key_value_heads)
-        self.head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // self.heads)
-        self.eps = float(config.rms_norm_eps)
-        rope = getattr(config, "rope_parameters", None) or {}
-        theta = float(rope.get("rope_theta", getattr(config, "rope_theta", 10000.0)))
-        positions = int(config.max_position_embeddings)
-        inv_freq = 1.0 / (theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.float32) / self.head_dim))
-        freqs = torch.arange(positions, dtype=torch.float32)[:, None] * inv_freq[None, :]
-        table = torch.cat((freqs, freqs), dim=-1)
-        self.register_buffer("cos", table.cos())
-        self.register_buffer("sin", table.sin())
-        embed = state["model.embed_tokens.weight"]
-        q, scale = _quantize(embed)
-        self.register_buffer("embed_q", q)
-        self.register_buffer("embed_scale", scale)
-        head = state.get("lm_head.weight", embed)
-        self.lm_head = _Int8Linear(head)
-        self.register_buffer("norm", state["model.norm.weight"])
-        self.blocks: list[_Block] = [_Block(state, f"model.layers.{i}.") for i in range(self.layers)]
-        self.block_modules = torch.nn.ModuleList(self.blocks)  # registered, so tracing sees them
-
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        position_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        past_keys: torch.Tensor,
-        past_values: torch.Tensor,
-        logits_index: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        batch, new = input_ids.shape[0], input_ids.shape[1]
-        past = past_keys.shape[0]
-        hkv, group, dim = self.kv_heads, self.heads // self.kv_heads, self.head_dim
-        x = self.embed_q[input_ids].to(torch.float32) * self.embed_scale[input_ids]
-        cos = self.cos[position_ids].unsqueeze(1).unsqueeze(1)  # [B, 1, 1, T, D]
-        sin = self.sin[position_ids].unsqueeze(1).unsqueeze(1)
-        rows = torch.arange(new).unsqueeze(1) + past
-        cols = torch.arange(past + new).unsqueeze(0)
-        allowed = (cols <= rows).unsqueeze(0) & (attention_mask.unsqueeze(1) > 0)  # [B, T, P+T]
-        bias = torch.where(allowed, 0.0, torch.finfo(torch.float32).min).unsqueeze(1).unsqueeze(1)
-        scale = 1.0 / math.sqrt(dim)
-        keys_out = []
-        values_out = []
-        for i, block in enumerate(self.blocks):
-            h = _rms_norm(x, block.input_norm, self.eps)
-            q = block.q_proj(h).view(batch, new, hkv, group, dim).permute(0, 2, 3, 1, 4)
-            k = block.k_proj(h).view(batch, new, hkv, 1, dim).permute(0, 2, 3, 1, 4)
-            v = block.v_proj(h).view(batch, new, hkv, 1, dim).permute(0, 2, 3, 1, 4)
-            q = q * cos + _rotate_half(q) * sin
-            k = k * cos + _rotate_half(k) * sin
-            keys_out.append(k)
-            values_out.append(v)
-            # past [P, L, B, Hkv, D] -> [B, Hkv, 1, P, D]
-            pk = past_keys[:, i].permute(1, 2, 0, 3).unsqueeze(2)
-            pv = past_values[:, i].permute(1, 2, 0, 3).unsqueeze(2)
-            all_k = torch.cat((pk, k), dim=3)
-            all_v = torch.cat((pv, v), dim=3)
-            scores = torch.matmul(q, all_k.transpose(-1, -2)) * scale + bias
-            attn = torch.matmul(torch.softmax(scores, dim=-1), all_v)  # [B, Hkv, G, T, D]
-            attn = attn.permute(0, 3, 1, 2, 4).reshape(batch, new, hkv * group * dim)
-            x = x + block.o_proj(attn)
-            h = _rms_norm(x, block.post_norm, self.eps)
-            x = x + block.down_proj(torch.nn.functional.silu(block.gate_proj(h)) * block.up_proj(h))
-        index = logits_index.unsqueeze(-1).expand(-1, -1, x.shape[-1])
-        picked = _rms_norm(torch.gather(x, 1, index), self.norm, self.eps)
-        logits = self.lm_head(picked)
-        # [B, Hkv, 1, T, D] per layer -> [T, L, B, Hkv, D]
-        keys = torch.stack(keys_out, dim=0).squeeze(3).permute(3, 0, 1, 2, 4)
-        values = torch.stack(values_out, dim=0).squeeze(3).permute(3, 0, 1, 2, 4)
-        return logits, keys, values
+    def rotate(self, x: Any, cos: Any, sin: Any) -> Any:
+        """Rotary embedding, transformers' layout (pairs half a head apart)."""
+        ops = self.ops
+        first, second = ops.split(x, ops.constant(np.int64(-1)), 2).outputs()
+        turned = ops.concat([ops.negative(second), first], -1)
+        return ops.add(ops.multiply(x, cos), ops.multiply(turned, sin))
 
 
-def dequantized_copy(model: Any) -> Any:
-    """A copy of a transformers Llama whose weights are exactly what `LlamaGraph` computes with
-    (int8 rounded), so its `generate` is the reference the engine is tested against."""
-    import copy
+def build(weights: LlamaWeights) -> Any:
+    """The network for `weights` as an `openvino.Model` (dynamic batch, length and cache)."""
+    gr = _Graph()
+    ov, ops = gr.ov, gr.ops
+    layers, heads, hkv, dim = len(weights.layers), weights.heads, weights.kv_heads, weights.head_dim
+    group = heads // hkv
 
-    graph = LlamaGraph(model)
-    twin = copy.deepcopy(model)
-    state = twin.state_dict()
-    state["model.embed_tokens.weight"] = graph.embed_q.to(torch.float32) * graph.embed_scale
-    if "lm_head.weight" in state:
-        state["lm_head.weight"] = graph.lm_head.q.to(torch.float32) * graph.lm_head.scale
-    for i, block in enumerate(graph.blocks):
-        for name in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"):
-            part = "self_attn" if name.endswith(("q_proj", "k_proj", "v_proj", "o_proj")) else "mlp"
-            linear = getattr(block, name)
-            state[f"model.layers.{i}.{part}.{name}.weight"] = linear.q.to(torch.float32) * linear.scale
-    twin.load_state_dict(state)
-    return twin
+    ids = ops.parameter([-1, -1], ov.Type.i64, name="input_ids")
+    positions = ops.parameter([-1, -1], ov.Type.i64, name="position_ids")
+    past_bias = ops.parameter([-1, 1, 1, 1, -1], ov.Type.f32, name="past_bias")
+    logits_index = ops.parameter([-1, -1], ov.Type.i64, name="logits_index")
+    cache_shape = [-1, hkv, -1, dim]
+    past_k = [ops.parameter(cache_shape, ov.Type.f32, name=f"past_key_{i}") for i in range(layers)]
+    past_v = [ops.parameter(cache_shape, ov.Type.f32, name=f"past_value_{i}") for i in range(layers)]
+
+    embed = gr.q8_matrix(weights.embed)
+    axis0, axis1 = ops.constant(np.int64(0)), gr.i64(1)
+    x = ops.gather(embed, ids, axis0)  # [B, T, E]
+
+    inv_freq = 1.0 / (weights.rope_theta ** (np.arange(0, dim, 2, dtype=np.float32) / dim))
+    angles = np.arange(weights.max_positions, dtype=np.float32)[:, None] * inv_freq[None, :]
+    table = np.concatenate((angles, angles), axis=-1)
+    cos = ops.unsqueeze(ops.gather(gr.f32(np.cos(table)), positions, axis0), axis1)  # [B, 1, T, D]
+    sin = ops.unsqueeze(ops.gather(gr.f32(np.sin(table)), positions, axis0), axis1)
+
+    batch, new = gr.dims(ids, 0), gr.dims(ids, 1)
+    one = ops.constant(np.int64(1))
+    steps = ops.range(ops.constant(np.int64(0)), ops.squeeze(new, axis0), one, ov.Type.i64)
+    causal = ops.less_equal(ops.unsqueeze(steps, axis0), ops.unsqueeze(steps, axis1))  # [T, T]
+    causal_bias = ops.select(causal, gr.f32(0.0), gr.f32(-np.inf))
+    scale = gr.f32(1.0 / np.sqrt(dim))
+
+    def split_heads(t: Any, n: int) -> Any:  # [B, T, n*D] -> [B, n, T, D]
+        t = gr.reshape(t, [batch, new, gr.i64(n, dim)])
+        return ops.transpose(t, gr.i64(0, 2, 1, 3))
+
+    keys, values = [], []
+    for i, layer in enumerate(weights.layers):
+        h = gr.rms(x, layer.attn_norm, weights.rms_eps)
+        qkv = gr.q4_linear(h, [layer.q, layer.k, layer.v])
+        sizes = gr.i64(heads * dim, hkv * dim, hkv * dim)
+        q, k, v = ops.variadic_split(qkv, ops.constant(np.int64(-1)), sizes).outputs()
+        q = gr.rotate(split_heads(q, heads), cos, sin)
+        k = gr.rotate(split_heads(k, hkv), cos, sin)
+        v = split_heads(v, hkv)
+        keys.append(k)
+        values.append(v)
+        # Query heads of one key/value head side by side: [B, Hkv, G, T, D] against [B, Hkv, 1, *, D].
+        q = gr.reshape(q, [batch, gr.i64(hkv, group), new, gr.i64(dim)])
+        two = gr.i64(2)
+        old_k, old_v = ops.unsqueeze(past_k[i], two), ops.unsqueeze(past_v[i], two)
+        new_k, new_v = ops.unsqueeze(k, two), ops.unsqueeze(v, two)
+        old_scores = ops.add(ops.multiply(ops.matmul(q, old_k, False, True), scale), past_bias)
+        new_scores = ops.add(ops.multiply(ops.matmul(q, new_k, False, True), scale), causal_bias)
+        probs = ops.softmax(ops.concat([old_scores, new_scores], -1), -1)
+        split = ops.concat([gr.dims(past_k[i], 2), new], 0)
+        p_old, p_new = ops.variadic_split(probs, ops.constant(np.int64(-1)), split).outputs()
+        attn = ops.add(ops.matmul(p_old, old_v, False, False), ops.matmul(p_new, new_v, False, False))
+        attn = ops.transpose(attn, gr.i64(0, 3, 1, 2, 4))  # [B, T, Hkv, G, D]
+        attn = gr.reshape(attn, [batch, new, gr.i64(heads * dim)])
+        x = ops.add(x, gr.q4_linear(attn, [layer.o]))
+        h = gr.rms(x, layer.ffn_norm, weights.rms_eps)
+        gate_up = gr.q4_linear(h, [layer.gate, layer.up])
+        halves = gr.i64(-1, layer.up.q.shape[0])
+        gate, up = ops.variadic_split(gate_up, ops.constant(np.int64(-1)), halves).outputs()
+        x = ops.add(x, gr.q4_linear(ops.multiply(ops.swish(gate), up), [layer.down]))
+
+    picked = ops.gather(x, logits_index, ops.constant(np.int64(1)), 1)  # [B, K, E]
+    picked = gr.rms(picked, weights.norm, weights.rms_eps)
+    head = embed if weights.lm_head is None else gr.q8_matrix(weights.lm_head)
+    logits = ops.matmul(picked, head, False, True)
+    stack = [ops.unsqueeze(t, axis0) for t in keys], [ops.unsqueeze(t, axis0) for t in values]
+    results = [ops.result(logits), ops.result(ops.concat(stack[0], 0)), ops.result(ops.concat(stack[1], 0))]
+    params = [ids, positions, past_bias, logits_index, *past_k, *past_v]
+    model = ov.Model(results, params, "localtgi-llama")
+    for output, name in zip(model.outputs, ("logits", "keys", "values"), strict=True):
+        output.get_tensor().set_names({name})
+    return model

