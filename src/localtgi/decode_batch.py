@@ -94,18 +94,17 @@ class DecodeBatch:
         rows = self.size
         self._reserve(rows, int(self._lengths.max()) + 1)
         width = self._keys.shape[3]
-        logits, keys, values = self._network.run(
+        logits, keys, values = self._network.decode(
             np.array(list(last_tokens), dtype=np.int64)[:, None],
             self._lengths[:, None],
             past_bias(self._lengths, width),
-            self._keys[:, :rows],
-            self._values[:, :rows],
-            np.zeros((rows, 1), dtype=np.int64),
-            decode=True,
+            self._keys,
+            self._values,
+            rows,
         )
         index = np.arange(rows)
         # [L, B, H, 1, D] -> [B, L, H, D]: the layout numpy gives the row/position-indexed slots
         self._keys[:, index, :, self._lengths] = keys[:, :, :, 0].transpose(1, 0, 2, 3)
         self._values[:, index, :, self._lengths] = values[:, :, :, 0].transpose(1, 0, 2, 3)
         self._lengths = self._lengths + 1
-        return logits[:, 0]
+        return logits

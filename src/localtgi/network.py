@@ -98,6 +98,7 @@ class Network:
         self._prompt_request = compile_for(0)
         self._decode_request = self._prompt_request if exact else compile_for(DYNAMIC_QUANTIZATION_GROUP)
         self._names = llama.input_names(shape.layers)
+        self._bound: tuple[F32, F32, int] | None = None  # cache buffers the decode request reads
 
     def run(
         self,
@@ -107,16 +108,40 @@ class Network:
         past_keys: F32,
         past_values: F32,
         logits_index: I64,
-        *,
-        decode: bool = False,
     ) -> tuple[F32, F32, F32]:
-        """One forward (`decode`: a decode step, else prompt work). `past_keys` / `past_values` are
+        """One forward of prompt work (prefill, prompt log-probabilities). `past_keys` / `past_values` are
         [layers, B, kv_heads, P, head_dim] (each layer's slice is handed over without a copy when
         contiguous). Returns copies of logits [B, K, vocab] and of the new keys/values
         [layers, B, kv_heads, T, head_dim]."""
         arrays = [input_ids, position_ids, bias, logits_index, *past_keys, *past_values]
         feed = {name: np.ascontiguousarray(a) for name, a in zip(self._names, arrays, strict=True)}
-        request = self._decode_request if decode else self._prompt_request
-        out = request.infer(feed, share_inputs=True)
+        if self._prompt_request is self._decode_request:
+            self._bound = None  # the feed replaces the cache bound for decode steps
+        out = self._prompt_request.infer(feed, share_inputs=True)
         logits, keys, values = (np.array(out[i], copy=True) for i in range(3))
         return logits, keys, values
+
+    def decode(
+        self, input_ids: I64, position_ids: I64, bias: F32, keys: F32, values: F32, rows: int
+    ) -> tuple[F32, F32, F32]:
+        """One decode step over the first `rows` rows of the cache buffers `keys` / `values`
+        ([layers, capacity, kv_heads, P, head_dim], C-contiguous). The buffers' layer slices are
+        bound to the request once and read in place on later steps (binding 2 x layers inputs on
+        every step cost about 4 ms); pass new buffers, or another `rows`, and they are bound again.
+        Returns what `run` returns, the logits as [rows, vocab]."""
+        import openvino as ov
+
+        request = self._decode_request
+        bound = self._bound
+        if bound is None or bound[0] is not keys or bound[1] is not values or bound[2] != rows:
+            layers = self.shape.layers
+            for i in range(layers):
+                for name, buffer in ((self._names[4 + i], keys), (self._names[4 + layers + i], values)):
+                    request.set_tensor(name, ov.Tensor(buffer[i, :rows], shared_memory=True))
+            self._bound = (keys, values, rows)
+        small = (input_ids, position_ids, bias, np.zeros((rows, 1), dtype=np.int64))
+        for name, array in zip(self._names[:4], small, strict=True):
+            request.set_tensor(name, ov.Tensor(np.ascontiguousarray(array), shared_memory=True))
+        request.infer()
+        logits, new_keys, new_values = (request.get_output_tensor(i).data.copy() for i in range(3))
+        return logits[:, 0], new_keys, new_values
