@@ -140,7 +140,5 @@ def test_smollm2_is_served_without_transformers(smollm2_served: Served) -> None:
     assert "transformers" not in smollm2_served.modules
 
 
-@pytest.mark.xfail(strict=True, reason="network.py (via llama.py), prefill.py and decode_batch.py still "
-                   "import torch at module level; remove this mark when they no longer do")
 def test_smollm2_is_served_without_torch(smollm2_served: Served) -> None:
     assert "torch" not in smollm2_served.modules
