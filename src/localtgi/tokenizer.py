@@ -49,9 +49,10 @@ class Tokenizer:
         chat_template: str | None = None,
         special_tokens: Mapping[str, str] | None = None,
     ) -> None:
-        """`backend` is copied (padding and truncation off); `special_tokens` maps names such as
-        ``eos_token`` to the token's text."""
-        self._backend = copy.copy(backend)
+        """`backend` becomes this tokenizer's own (padding and truncation are turned off on it: pass
+        a copy of one that is used elsewhere); `special_tokens` maps names such as ``eos_token`` to
+        the token's text."""
+        self._backend = backend
         self._backend.no_padding()
         self._backend.no_truncation()
         self._chat_template = chat_template or None
@@ -95,7 +96,9 @@ class Tokenizer:
             if name in _NAMED_SPECIALS and isinstance(value, str)
         }
         template = hf_tokenizer.chat_template if isinstance(hf_tokenizer.chat_template, str) else None
-        return cls(hf_tokenizer.backend_tokenizer, chat_template=template, special_tokens=specials)
+        # A copy (about 20 MB for a 49k vocabulary): the transformers tokenizer keeps its own settings.
+        backend = copy.copy(hf_tokenizer.backend_tokenizer)
+        return cls(backend, chat_template=template, special_tokens=specials)
 
     def save_pretrained(self, directory: str | pathlib.Path) -> None:
         """Write ``tokenizer.json``, ``tokenizer_config.json`` and ``chat_template.jinja`` (readable by
