@@ -91,7 +91,7 @@ class Core:
             raise
         finally:
             if self._metrics is not None and outcome:
-                self._metrics.upstream_latency.labels(kind, outcome).observe(time.perf_counter() - started)
+                self._metrics.attempt(kind, outcome, time.perf_counter() - started)
 
 
 def build_core(

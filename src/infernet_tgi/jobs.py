@@ -140,10 +140,10 @@ def merge_parameters(
 ) -> dict[str, Any]:
     """The job's parameters over the operator's defaults, checked with TGI's rules and our ceiling."""
     try:
-        given = GenerationParameters.model_validate(overrides or {})
+        given = GenerationParameters.model_validate(overrides).tgi_json() if overrides else {}
     except ValidationError as exc:
         raise ParameterError(TGI_PREFIX + _describe(exc)) from exc
-    merged = {**settings.defaults.tgi_json(), **given.tgi_json()}
+    merged = {**settings.defaults.tgi_json(), **given}
     merged.setdefault("max_new_tokens", settings.default_max_new_tokens)
     parameters = GenerationParameters.model_validate(merged)
     problem = parameters.tgi_rule_violation(streaming=streaming)

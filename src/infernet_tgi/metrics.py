@@ -10,6 +10,7 @@ jobs in flight summed over live workers, pool members down the most any live wor
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -18,6 +19,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
 _SOURCES = {0: "onchain", 1: "offchain"}
+_MAX_CHILDREN = 64
 _DESTINATIONS = {0: "onchain", 1: "offchain", 2: "stream"}
 
 
@@ -66,6 +68,10 @@ class Metrics:
             registry=self.registry,
             multiprocess_mode="livemax",  # each worker checks the same members: the worst view counts
         )
+        # Labelled children by label values, so a job does not pay `labels()` (a lock and a label
+        # check) each time; bounded: sources, destinations, kinds and outcomes are small fixed sets.
+        self._job_children: dict[tuple[int | None, int | None, str], Any] = {}
+        self._attempt_children: dict[tuple[str, str], Any] = {}
         directory = os.environ.get(MULTIPROC_DIR)
         self._scrape = self.registry
         if directory:
@@ -73,11 +79,25 @@ class Metrics:
             MultiProcessCollector(self._scrape, path=directory)  # type: ignore[no-untyped-call]
 
     def job_done(self, source: int | None, destination: int | None, outcome: str) -> None:
-        self.jobs.labels(
-            _SOURCES.get(source, "unknown") if source is not None else "unknown",
-            _DESTINATIONS.get(destination, "unknown") if destination is not None else "unknown",
-            outcome,
-        ).inc()
+        key = (source, destination, outcome)
+        child = self._job_children.get(key)
+        if child is None:
+            child = self.jobs.labels(
+                _SOURCES.get(source, "unknown") if source is not None else "unknown",
+                _DESTINATIONS.get(destination, "unknown") if destination is not None else "unknown",
+                outcome,
+            )
+            if len(self._job_children) < _MAX_CHILDREN:  # sources come from jobs: any int
+                self._job_children[key] = child
+        child.inc()
+
+    def attempt(self, kind: str, outcome: str, seconds: float) -> None:
+        """One upstream attempt of `kind` ("generate" or "stream") that took `seconds`."""
+        key = (kind, outcome)
+        child = self._attempt_children.get(key)
+        if child is None:
+            child = self._attempt_children[key] = self.upstream_latency.labels(kind, outcome)
+        child.observe(seconds)
 
     def render(self) -> bytes:
         """The text exposition: of every worker of the container when there are several."""
