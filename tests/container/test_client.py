@@ -108,6 +108,31 @@ async def test_a_body_ended_by_close_is_read_whole_and_its_connection_not_reused
         assert server.connections == 2
 
 
+async def test_a_body_larger_than_the_read_buffer_is_read_whole() -> None:
+    big = bytes(range(256)) * (12 << 10)  # 3 MiB: reading pauses at 1 MiB buffered until taken
+
+    async def handler(head: bytes, writer: asyncio.StreamWriter, index: int) -> bool:
+        writer.write(answer(big))
+        await writer.drain()
+        return True
+
+    async with raw_server(handler) as server, HTTPClient(timeout=2) as client:
+        assert (await client.get(server.url + "/big")).body == big
+        assert (await client.get(server.url + "/big")).body == big
+        assert server.connections == 1
+
+
+async def test_a_connection_that_sent_more_than_the_answer_is_not_reused() -> None:
+    async def handler(head: bytes, writer: asyncio.StreamWriter, index: int) -> bool:
+        writer.write(answer(b'{"n": 1}') + answer(b'{"n": 2}'))  # one request, two answers
+        return True
+
+    async with raw_server(handler) as server, HTTPClient(timeout=5) as client:
+        assert (await client.get(server.url + "/a")).json() == {"n": 1}
+        assert (await client.get(server.url + "/b")).json() == {"n": 1}  # not the stray second one
+        assert server.connections == 2
+
+
 async def test_an_idle_connection_the_upstream_closed_is_replaced_once_not_forever() -> None:
     async def handler(head: bytes, writer: asyncio.StreamWriter, index: int) -> bool:
         if index == 1:

@@ -156,9 +156,14 @@ class HTTPClient:
         """Send (`json` is encoded, `content` sent as is) and read the whole answer."""
         connection = await self._exchange(method, url, json, content, headers)
         try:
-            while not connection.complete:
+            parts = []
+            while True:
+                if connection.chunks:
+                    parts.append(connection.take())  # also lets a paused connection read on
+                if connection.complete:
+                    break
                 await connection.wait()
-            return Reply(connection.status, Headers(connection.header_pairs), connection.take())
+            return Reply(connection.status, Headers(connection.header_pairs), b"".join(parts))
         except (OSError, TimeoutError, httptools.HttpParserError, ConnectionClosedError) as exc:
             raise transport_error(exc, url) from exc
         finally:

@@ -62,6 +62,7 @@ class Connection(asyncio.Protocol):
         self.complete = False
         self.keep_alive = False
         self.until_eof = False
+        self.tainted = False  # bytes came after the answer: not reusable
         self.received = 0  # response bytes, to tell a stale keep-alive connection from a failure
         self.chunks: list[bytes] = []
         self.buffered = 0
@@ -119,7 +120,7 @@ class Connection(asyncio.Protocol):
             self.transport.close()
 
     def reusable(self) -> bool:
-        return self.complete and self.keep_alive and not self.closed and self.error is None
+        return self.complete and self.keep_alive and not (self.closed or self.tainted or self.error)
 
     def recycle(self) -> None:
         self._reset()
@@ -186,10 +187,17 @@ class Connection(asyncio.Protocol):
 
     # --- httptools callbacks --------------------------------------------------------------------
 
+    def on_message_begin(self) -> None:
+        if self.complete:  # a second answer to one request: the connection cannot be trusted
+            self.tainted = True
+
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.header_pairs.append((name, value))
+        if not self.tainted:
+            self.header_pairs.append((name, value))
 
     def on_headers_complete(self) -> None:
+        if self.tainted:
+            return
         self.status = self._parser.get_status_code()
         self.headers_done = True
         chunked = length = False
@@ -203,6 +211,8 @@ class Connection(asyncio.Protocol):
         self._wake()
 
     def on_body(self, body: bytes) -> None:
+        if self.tainted:
+            return
         self.chunks.append(body)
         self.buffered += len(body)
         if self.buffered > HIGH_WATER and not self._paused and self.transport is not None:
@@ -211,6 +221,8 @@ class Connection(asyncio.Protocol):
         self._wake()
 
     def on_message_complete(self) -> None:
+        if self.tainted:
+            return
         self.complete = True
         self.keep_alive = self._parser.should_keep_alive()
         self.done()
