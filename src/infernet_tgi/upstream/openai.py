@@ -19,13 +19,13 @@ configured. Finish reasons come back in TGI's names: `eos_token`, `length`, `sto
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from .. import jsontext
 from ..constraints import constraint_of, tgi_grammar, vllm_fields
 from ..errors import UnsupportedRequestError, UpstreamError, UpstreamProtocolError
 from .base import Generation, GenerationRequest, StreamDelta
@@ -388,7 +388,7 @@ def _read(reader: ChunkReader, events: list[bytes], url: str) -> tuple[str, Upst
     for data in events:
         try:
             try:
-                payload = json.loads(data)
+                payload = jsontext.parse(data)
             except ValueError as exc:
                 raise UpstreamProtocolError(f"upstream stream event is not JSON ({redact(url)})") from exc
             pieces.append(reader.feed(payload))

@@ -11,10 +11,10 @@ with every TGI parameter.
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from typing import Any
 
+from .. import jsontext
 from ..errors import UpstreamError, UpstreamProtocolError
 from .base import Generation, GenerationRequest, StreamDelta
 from .client import FINISH_WAIT, HTTPClient
@@ -214,7 +214,7 @@ def _read(events: list[bytes], url: str) -> tuple[str, StreamDelta | None, Upstr
 
 def _decode(content: bytes, url: str) -> Any:
     try:
-        return json.loads(content)
+        return jsontext.parse(content)
     except ValueError as exc:
         raise UpstreamProtocolError(f"upstream answered non-JSON at {redact(url)}") from exc
 
