@@ -49,7 +49,6 @@ from localtgi.sampling import TokenChooser
 
 log = logging.getLogger(__name__)
 _CLOSED = object()  # queue sentinel: the consumer cancelled
-_PREFILL_TOKENS = 1024  # rows x padded length of one batched prefill
 
 
 class GenerationStream:
@@ -316,7 +315,7 @@ class Engine:
         groups: list[list[_Sequence]] = []
         for seq in sorted(seqs, key=lambda s: len(s.prompt)):
             group = groups[-1] if groups else None
-            if group and (len(group) + 1) * len(seq.prompt) <= _PREFILL_TOKENS:
+            if group and (len(group) + 1) * len(seq.prompt) <= prefill_mod.PREFILL_TOKENS:
                 group.append(seq)
             else:
                 groups.append([seq])

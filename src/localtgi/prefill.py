@@ -4,7 +4,8 @@ Use these from the engine's worker thread only (they run the thread's `Network`)
 
 * `prefill_many` runs several prompts in one forward and returns each one's last logits and its own
   cache. Prompts are right-padded to a common length: causal attention keeps the padding out of
-  the real tokens, and the padding is cut off each row's cache.
+  the real tokens, and the padding is cut off each row's cache. Beyond `PREFILL_TOKENS` tokens in
+  all, the prompts are fed in column chunks over their growing cache.
 * A prompt that starts with the chat template's opening (`Prefix`, prefilled once at start) only
   computes the rest, attending to a copy of the prefix's cache.
 * `prompt_logprobs` scores every prompt token (`decoder_input_details`) in chunks over a growing
@@ -23,6 +24,10 @@ from localtgi.network import F32, Network, past_bias
 
 RowCache = tuple[F32, F32]  # keys, values [layers, kv_heads, length, head_dim]
 _LOGPROB_CHUNK = 128
+# Tokens in one prefill forward. OpenVINO's intermediate buffers grow with the tokens of the largest
+# forward it has run (about 0.5 MB a token for SmolLM2) and are kept; 256 bounds them, and larger
+# forwards gain nothing: prefill is compute-bound well before.
+PREFILL_TOKENS = 128
 
 
 @dataclass(frozen=True)
@@ -88,23 +93,34 @@ def _forward_prompts(
     rows, width = len(rest), max(map(len, rest))
     ids = np.array([r + [r[-1]] * (width - len(r)) for r in rest], dtype=np.int64)
     if prefix:
-        past_k = np.repeat(prefix.cache[0][:, None], rows, axis=1)
-        past_v = np.repeat(prefix.cache[1][:, None], rows, axis=1)
+        keys = np.repeat(prefix.cache[0][:, None], rows, axis=1)
+        values = np.repeat(prefix.cache[1][:, None], rows, axis=1)
     else:
-        past_k = past_v = network.shape.empty_cache(rows, 0)
-    positions = np.broadcast_to(np.arange(start, start + width, dtype=np.int64), (rows, width))
-    last = np.array([[len(r) - 1] for r in rest], dtype=np.int64)
-    bias = past_bias([start] * rows, start)
-    logits, keys, values = network.run(ids, positions, bias, past_k, past_v, last)
-    out = []
+        keys = values = network.shape.empty_cache(rows, 0)
+    last = [len(r) - 1 for r in rest]
+    logits: list[F32 | None] = [None] * rows
+    # Column chunks of at most PREFILL_TOKENS tokens in all: a long prompt is fed in pieces over
+    # its growing cache, which bounds the network's intermediate memory per forward.
+    step = max(1, PREFILL_TOKENS // rows)
+    for begin in range(0, width, step):
+        end = min(width, begin + step)
+        index = np.array([[min(max(i - begin, 0), end - begin - 1)] for i in last], dtype=np.int64)
+        span = np.arange(start + begin, start + end, dtype=np.int64)
+        positions = np.broadcast_to(span, (rows, end - begin))
+        bias = past_bias([start + begin] * rows, start + begin)
+        out, k, v = network.run(ids[:, begin:end], positions, bias, keys, values, index)
+        keys, values = np.concatenate((keys, k), axis=3), np.concatenate((values, v), axis=3)
+        for row, i in enumerate(last):
+            if begin <= i < end:
+                logits[row] = out[row, 0]
+    result = []
     for row, r in enumerate(rest):
-        k = keys[:, row, :, : len(r)]
-        v = values[:, row, :, : len(r)]
-        if prefix:
-            k = np.concatenate((prefix.cache[0], k), axis=2)
-            v = np.concatenate((prefix.cache[1], v), axis=2)
-        out.append((logits[row, 0], (np.ascontiguousarray(k), np.ascontiguousarray(v))))
-    return out
+        row_logits = logits[row]
+        assert row_logits is not None  # every row's last token lies in exactly one chunk
+        length = start + len(r)
+        cache = (keys[:, row, :, :length].copy(), values[:, row, :, :length].copy())
+        result.append((row_logits, cache))
+    return result
 
 
 def log_softmax(logits: F32) -> F32:

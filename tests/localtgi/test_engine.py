@@ -300,6 +300,25 @@ def test_fast_decode_rows_are_independent_of_their_batch(tiny: LoadedModel) -> N
             assert np.array_equal(a, b)
 
 
+def test_prefill_beyond_its_token_budget_goes_in_chunks_and_matches_the_reference(
+    tiny: LoadedModel, net: Network, reference: Any
+) -> None:
+    texts = ("The quick brown fox jumps over the lazy dog. " * 20, "Hello world! " * 60, "42")
+    prompts = [ids(tiny, t) for t in texts]
+    assert len(prompts) * max(map(len, prompts)) > prefill.PREFILL_TOKENS > max(map(len, prompts))
+    for p, (logits, cache) in zip(prompts, prefill.prefill_many(net, prompts), strict=True):
+        torch.testing.assert_close(
+            torch.from_numpy(logits), reference_next_logits(reference, p), atol=1e-4, rtol=1e-4
+        )
+        assert cache[0].shape[2] == len(p)
+    long = ids(tiny, "Hello world! The capital of France is Paris. " * 60)  # alone, beyond the budget
+    assert len(long) > prefill.PREFILL_TOKENS
+    [(logits, cache)] = prefill.prefill_many(net, [long])
+    want = reference_next_logits(reference, long)
+    torch.testing.assert_close(torch.from_numpy(logits), want, atol=1e-4, rtol=1e-4)
+    assert cache[0].shape[2] == len(long)
+
+
 def test_batched_prefill_with_chat_prefix_matches_plain_forward(
     tiny: LoadedModel, net: Network, reference: Any
 ) -> None:
