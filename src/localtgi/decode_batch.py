@@ -21,7 +21,7 @@ import numpy as np
 from localtgi.network import F32, Network, past_bias
 from localtgi.prefill import RowCache
 
-CHUNK = 128
+CHUNK = 64
 
 
 def _round_up(n: int, step: int) -> int:

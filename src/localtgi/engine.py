@@ -3,12 +3,13 @@
 Use one `Engine` per loaded model. `submit` a tokenized prompt with its `SamplingParams` from the
 event loop and iterate the returned `GenerationStream`: `TokenEvent`s, the last one carrying the
 `FinishEvent`. All model work runs in one worker thread, which compiles the OpenVINO network
-(`network.Network`) and then loops: admit waiting requests (those that arrived together are
-prefilled together and emit their first token at once, `prefill`), drop cancelled and finished
-rows, then run one batched decode step for every active row (`decode_batch.DecodeBatch`). Requests
-join and leave between steps; a cancelled stream leaves at the next step. Each request samples
-from its own numpy generator (`sampling.TokenChooser`) over the network's logits, so a seeded
-request gives the same text alone or in a batch (up to float rounding of batched kernels). Events
+(`network.Network`) and then loops: admit waiting requests (each prompt prefilled on its own, its
+first token sent at once, `prefill`), drop cancelled and finished rows, then run one batched
+decode step for every active row (`decode_batch.DecodeBatch`). Requests join and leave between
+steps; a cancelled stream leaves at the next step. Each request samples from its own numpy
+generator (`sampling.TokenChooser`) over the network's logits. A prompt's prefill never depends on
+other requests, and by default a decode row's logits are bit-identical alone or in any batch, so a
+seeded request gives the same text either way (with `exact`, up to float rounding). Events
 reach asyncio via `call_soon_threadsafe`. When idle the worker sleeps on a condition variable.
 
 If the worker itself dies (the network does not compile, or an error escapes a step's own
@@ -294,32 +295,20 @@ class Engine:
     ) -> None:
         kvs: list[prefill_mod.RowCache] = []
         joined: list[_Sequence] = []
-        for group in self._prefill_groups([s for s in admitted if not s.stream.cancelled]):
-            try:
-                results = prefill_mod.prefill_many(net, [s.prompt for s in group], prefix)
-            except Exception as exc:  # noqa: BLE001 - only these requests fail
-                for seq in group:
-                    self._fail(seq, GenerationError(f"{type(exc).__name__}: {exc}"))
+        for seq in admitted:
+            if seq.stream.cancelled:
                 continue
-            for seq, (logits, kv) in zip(group, results, strict=True):
-                if self._advance_or_fail(seq, logits):
-                    kvs.append(kv)
-                    joined.append(seq)
+            try:
+                logits, kv = prefill_mod.prefill(net, seq.prompt, prefix)
+            except Exception as exc:  # noqa: BLE001 - only this request fails
+                self._fail(seq, GenerationError(f"{type(exc).__name__}: {exc}"))
+                continue
+            if self._advance_or_fail(seq, logits):  # its first token goes out at once
+                kvs.append(kv)
+                joined.append(seq)
         # Joined first: if merging fails, _fail_all reaches them too.
         self._active.extend(joined)
         batch.add(kvs)
-
-    def _prefill_groups(self, seqs: list[_Sequence]) -> list[list[_Sequence]]:
-        """Requests that arrive together are prefilled together (one forward is much cheaper than
-        several on CPU), in groups of similar length within a padded-token budget."""
-        groups: list[list[_Sequence]] = []
-        for seq in sorted(seqs, key=lambda s: len(s.prompt)):
-            group = groups[-1] if groups else None
-            if group and (len(group) + 1) * len(seq.prompt) <= prefill_mod.PREFILL_TOKENS:
-                group.append(seq)
-            else:
-                groups.append([seq])
-        return groups
 
     def _drop_finished(self, batch: DecodeBatch) -> None:
         alive = [not (s.finished or s.stream.cancelled) for s in self._active]

@@ -142,7 +142,9 @@ def build(weights: LlamaWeights) -> Any:
         qkv = gr.q4_linear(h, [layer.q, layer.k, layer.v])
         sizes = gr.i64(heads * dim, hkv * dim, hkv * dim)
         q, k, v = ops.variadic_split(qkv, ops.constant(np.int64(-1)), sizes).outputs()
-        q = gr.rotate(split_heads(q, heads), cos, sin)
+        # The 1/sqrt(D) scale goes on the query: OpenVINO moves a scale on the scores onto the
+        # matmul's larger input, here the whole cache, which cost 20 ms a step at 16 rows.
+        q = ops.multiply(gr.rotate(split_heads(q, heads), cos, sin), scale)
         k = gr.rotate(split_heads(k, hkv), cos, sin)
         v = split_heads(v, hkv)
         keys.append(k)
@@ -152,8 +154,8 @@ def build(weights: LlamaWeights) -> Any:
         two = gr.i64(2)
         old_k, old_v = ops.unsqueeze(past_k[i], two), ops.unsqueeze(past_v[i], two)
         new_k, new_v = ops.unsqueeze(k, two), ops.unsqueeze(v, two)
-        old_scores = ops.add(ops.multiply(ops.matmul(q, old_k, False, True), scale), past_bias)
-        new_scores = ops.add(ops.multiply(ops.matmul(q, new_k, False, True), scale), causal_bias)
+        old_scores = ops.add(ops.matmul(q, old_k, False, True), past_bias)
+        new_scores = ops.add(ops.matmul(q, new_k, False, True), causal_bias)
         probs = ops.softmax(ops.concat([old_scores, new_scores], -1), -1)
         split = ops.concat([gr.dims(past_k[i], 2), new], 0)
         p_old, p_new = ops.variadic_split(probs, ops.constant(np.int64(-1)), split).outputs()

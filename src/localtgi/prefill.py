@@ -2,10 +2,11 @@
 
 Use these from the engine's worker thread only (they run the thread's `Network`).
 
-* `prefill_many` runs several prompts in one forward and returns each one's last logits and its own
-  cache. Prompts are right-padded to a common length: causal attention keeps the padding out of
-  the real tokens, and the padding is cut off each row's cache. Beyond `PREFILL_TOKENS` tokens in
-  all, the prompts are fed in column chunks over their growing cache.
+* `prefill` runs one prompt and returns its last logits and its cache; a prompt longer than
+  `PREFILL_TOKENS` is fed in chunks over its growing cache. Each prompt has forwards of its own,
+  never shared with another prompt: float32 kernels round differently for different batch shapes,
+  and a prompt's first token must not depend on what else arrived with it (prefill is
+  compute-bound on CPU, so batching prompts saved little). `prefill_many` is the loop over several.
 * A prompt that starts with the chat template's opening (`Prefix`, prefilled once at start) only
   computes the rest, attending to a copy of the prefix's cache.
 * `prompt_logprobs` scores every prompt token (`decoder_input_details`) in chunks over a growing
@@ -25,8 +26,8 @@ from localtgi.network import F32, Network, past_bias
 RowCache = tuple[F32, F32]  # keys, values [layers, kv_heads, length, head_dim]
 _LOGPROB_CHUNK = 128
 # Tokens in one prefill forward. OpenVINO's intermediate buffers grow with the tokens of the largest
-# forward it has run (about 0.5 MB a token for SmolLM2) and are kept; 256 bounds them, and larger
-# forwards gain nothing: prefill is compute-bound well before.
+# forward it has run (about 0.5 MB a token for SmolLM2) and are kept; this bounds them, and larger
+# forwards gain little: prefill is compute-bound well before.
 PREFILL_TOKENS = 128
 
 
@@ -62,65 +63,37 @@ def chat_prefix_ids(tokenizer: Any) -> tuple[int, ...]:
 
 
 def compute_prefix(network: Network, ids: Sequence[int]) -> Prefix:
-    """Prefill `ids` once, to be reused by `prefill_many` for every prompt that starts with them."""
-    _, cache = _forward_prompts(network, [list(ids)], None)[0]
-    return Prefix(ids=tuple(ids), cache=cache)
+    """Prefill `ids` once, to be reused by `prefill` for every prompt that starts with them."""
+    _, cache = prefill(network, ids)
+    return Prefix(ids=tuple(int(i) for i in ids), cache=cache)
+
+
+def prefill(network: Network, prompt: Sequence[int], prefix: Prefix | None = None) -> tuple[F32, RowCache]:
+    """Prefill one prompt (after `prefix`'s cache when it starts with the prefix); its last logits
+    [vocab] and its cache."""
+    ids = [int(i) for i in prompt]
+    start = 0
+    keys = values = network.shape.empty_cache(1, 0)
+    if prefix is not None and len(ids) > len(prefix.ids) and tuple(ids[: len(prefix.ids)]) == prefix.ids:
+        start = len(prefix.ids)
+        keys, values = prefix.cache[0][:, None], prefix.cache[1][:, None]
+    logits: F32 | None = None
+    for begin in range(start, len(ids), PREFILL_TOKENS):
+        chunk = np.array(ids[begin : begin + PREFILL_TOKENS], dtype=np.int64)[None]
+        positions = np.arange(begin, begin + chunk.shape[1], dtype=np.int64)[None]
+        last = np.array([[chunk.shape[1] - 1]], dtype=np.int64)
+        out, k, v = network.run(chunk, positions, past_bias([begin], begin), keys, values, last)
+        keys, values = np.concatenate((keys, k), axis=3), np.concatenate((values, v), axis=3)
+        logits = out[0, 0]
+    assert logits is not None, "an empty prompt has no next token"
+    return logits, (keys[:, 0], values[:, 0])
 
 
 def prefill_many(
     network: Network, prompts: Sequence[Sequence[int]], prefix: Prefix | None = None
 ) -> list[tuple[F32, RowCache]]:
-    """Prefill prompts together; per prompt its last logits [vocab] and its own cache."""
-    n = len(prefix.ids) if prefix else 0
-    with_prefix: list[int] = []
-    plain: list[int] = []
-    for i, ids in enumerate(prompts):
-        fits = prefix is not None and len(ids) > n and tuple(ids[:n]) == prefix.ids
-        (with_prefix if fits else plain).append(i)
-    results: dict[int, tuple[F32, RowCache]] = {}
-    for group, head in ((with_prefix, prefix), (plain, None)):
-        if group:
-            rows = _forward_prompts(network, [list(prompts[i]) for i in group], head)
-            results.update(zip(group, rows, strict=True))
-    return [results[i] for i in range(len(prompts))]
-
-
-def _forward_prompts(
-    network: Network, prompts: list[list[int]], prefix: Prefix | None
-) -> list[tuple[F32, RowCache]]:
-    start = len(prefix.ids) if prefix else 0
-    rest = [p[start:] for p in prompts]
-    rows, width = len(rest), max(map(len, rest))
-    ids = np.array([r + [r[-1]] * (width - len(r)) for r in rest], dtype=np.int64)
-    if prefix:
-        keys = np.repeat(prefix.cache[0][:, None], rows, axis=1)
-        values = np.repeat(prefix.cache[1][:, None], rows, axis=1)
-    else:
-        keys = values = network.shape.empty_cache(rows, 0)
-    last = [len(r) - 1 for r in rest]
-    logits: list[F32 | None] = [None] * rows
-    # Column chunks of at most PREFILL_TOKENS tokens in all: a long prompt is fed in pieces over
-    # its growing cache, which bounds the network's intermediate memory per forward.
-    step = max(1, PREFILL_TOKENS // rows)
-    for begin in range(0, width, step):
-        end = min(width, begin + step)
-        index = np.array([[min(max(i - begin, 0), end - begin - 1)] for i in last], dtype=np.int64)
-        span = np.arange(start + begin, start + end, dtype=np.int64)
-        positions = np.broadcast_to(span, (rows, end - begin))
-        bias = past_bias([start + begin] * rows, start + begin)
-        out, k, v = network.run(ids[:, begin:end], positions, bias, keys, values, index)
-        keys, values = np.concatenate((keys, k), axis=3), np.concatenate((values, v), axis=3)
-        for row, i in enumerate(last):
-            if begin <= i < end:
-                logits[row] = out[row, 0]
-    result = []
-    for row, r in enumerate(rest):
-        row_logits = logits[row]
-        assert row_logits is not None  # every row's last token lies in exactly one chunk
-        length = start + len(r)
-        cache = (keys[:, row, :, :length].copy(), values[:, row, :, :length].copy())
-        result.append((row_logits, cache))
-    return result
+    """`prefill` for each prompt, one after the other."""
+    return [prefill(network, p, prefix) for p in prompts]
 
 
 def log_softmax(logits: F32) -> F32:

@@ -79,7 +79,17 @@ async def test_greedy_matches_transformers_generate(
     assert all(t.logprob <= 0 and math.isfinite(t.logprob) for t in tokens)
 
 
-async def test_seeded_sampling_same_alone_and_in_batch(tiny: LoadedModel, engine: Engine) -> None:
+async def test_seeded_sampling_same_alone_and_in_batch(tiny: LoadedModel) -> None:
+    # The default engine: its decode rows are bit-identical alone or batched.
+    engine = Engine(tiny, max_batch_size=8)
+    await engine.start()
+    try:
+        await seeded_alone_and_in_batch(tiny, engine)
+    finally:
+        await engine.stop()
+
+
+async def seeded_alone_and_in_batch(tiny: LoadedModel, engine: Engine) -> None:
     params = SamplingParams(do_sample=True, seed=42, max_new_tokens=24, temperature=0.9)
     prompt = ids(tiny, "The quick brown fox")
     _, alone = await run(engine.submit(prompt, params))
@@ -303,23 +313,15 @@ def test_fast_decode_rows_are_independent_of_their_batch(tiny: LoadedModel) -> N
 def test_prefill_beyond_its_token_budget_goes_in_chunks_and_matches_the_reference(
     tiny: LoadedModel, net: Network, reference: Any
 ) -> None:
-    texts = ("The quick brown fox jumps over the lazy dog. " * 20, "Hello world! " * 60, "42")
-    prompts = [ids(tiny, t) for t in texts]
-    assert len(prompts) * max(map(len, prompts)) > prefill.PREFILL_TOKENS > max(map(len, prompts))
-    for p, (logits, cache) in zip(prompts, prefill.prefill_many(net, prompts), strict=True):
-        torch.testing.assert_close(
-            torch.from_numpy(logits), reference_next_logits(reference, p), atol=1e-4, rtol=1e-4
-        )
-        assert cache[0].shape[2] == len(p)
-    long = ids(tiny, "Hello world! The capital of France is Paris. " * 60)  # alone, beyond the budget
-    assert len(long) > prefill.PREFILL_TOKENS
-    [(logits, cache)] = prefill.prefill_many(net, [long])
+    long = ids(tiny, "Hello world! The capital of France is Paris. " * 60)
+    assert len(long) > 2 * prefill.PREFILL_TOKENS
+    logits, cache = prefill.prefill(net, long)
     want = reference_next_logits(reference, long)
     torch.testing.assert_close(torch.from_numpy(logits), want, atol=1e-4, rtol=1e-4)
     assert cache[0].shape[2] == len(long)
 
 
-def test_batched_prefill_with_chat_prefix_matches_plain_forward(
+def test_prefill_with_chat_prefix_matches_plain_forward(
     tiny: LoadedModel, net: Network, reference: Any
 ) -> None:
     tok = tiny.tokenizer
