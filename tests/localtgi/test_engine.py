@@ -359,7 +359,8 @@ async def test_smollm2_answers_and_follows_a_schema(smol: tuple[LoadedModel, lis
     lm, messages = smol
     assert lm.model_id == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert any(m.startswith("loading") for m in messages)
-    eng = Engine(lm)
+    # Float32: checks that the network is SmolLM2 (the default mode's quality is checked below).
+    eng = Engine(lm, exact=True)
     await eng.start()
     try:
         question = chat(lm, "What is the capital of France?")
@@ -380,3 +381,33 @@ async def test_smollm2_answers_and_follows_a_schema(smol: tuple[LoadedModel, lis
     assert finish.finish_reason == "eos_token" and tokens[-1].special
     answer = json.loads(constrained.generated_text)
     assert set(answer) == {"city", "country"} and "Paris" in answer["city"]
+
+
+def test_smollm2_on_int8_activations_stays_close_to_float32(smol: tuple[LoadedModel, list[str]]) -> None:
+    """The default compilation against float32 on the same text, token by token (teacher forcing)."""
+    lm, _ = smol
+    text = (
+        "The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mars in Paris, France. It is "
+        "named after the engineer Gustave Eiffel, whose company designed and built the tower from 1887 "
+        "to 1889. Locally nicknamed La dame de fer, it was the centerpiece of the 1889 World's Fair."
+    )
+    tokens = ids(lm, text)
+
+    def next_logits(network: Network) -> Any:
+        [(first, cache)] = prefill.prefill_many(network, [tokens[:4]])
+        batch = DecodeBatch(network)
+        batch.add([cache])
+        rows = [first] + [batch.step([t])[0].copy() for t in tokens[4:-1]]
+        return np.array(rows)
+
+    exact = next_logits(Network(lm.network, lm.shape, threads=1, exact=True))
+    fast = next_logits(Network(lm.network, lm.shape, threads=1))
+
+    def log_softmax(x: Any) -> Any:
+        x = x - x.max(-1, keepdims=True)
+        return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+    le, lf = log_softmax(exact), log_softmax(fast)
+    kl = (np.exp(le) * (le - lf)).sum(-1)
+    agree = (exact.argmax(-1) == fast.argmax(-1)).mean()
+    assert kl.mean() < 0.02 and kl.max() < 0.2 and agree >= 0.9, (kl.mean(), kl.max(), agree)
