@@ -1,4 +1,4 @@
-"""Benchmark localtgi's engine (OpenVINO, int8 weights, continuous batching) against the naive
+"""Benchmark localtgi's engine (OpenVINO, the GGUF's 4-bit weights, continuous batching) against the naive
 reference (transformers `generate` in torch fp32, one request at a time) on the same model, in one run.
 
 Prints the rows of the README's table:
@@ -241,7 +241,7 @@ def main() -> None:
             first = start_seconds(args.model_id, args.threads, empty)
     baseline, baseline_rss = bench_generate(args)
     n = args.streams
-    print("| measure | localtgi (OpenVINO int8, batched) | naive reference (torch fp32 generate) |")
+    print("| measure | localtgi (OpenVINO, 4-bit weights, batched) | naive reference (torch fp32 generate) |")
     print("|---|---|---|")
     print(f"| one stream | {r['single']:.0f} tok/s | {baseline:.0f} tok/s |")
     print(f"| {n} concurrent streams, aggregate | {r['aggregate']:.0f} tok/s "
