@@ -20,10 +20,12 @@ from processkit import Container
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_container_imports_neither_torch_nor_localtgi() -> None:
+def test_container_imports_neither_torch_nor_localtgi_nor_aiohttp() -> None:
     code = (
         "import sys, infernet_tgi.app, infernet_tgi.cli, infernet_tgi.server, infernet_tgi.worker; "
-        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'localtgi')); "
+        "import infernet_tgi.upstream.factory; "
+        "bad = sorted(m for m in sys.modules "
+        "if m.split('.')[0] in ('torch', 'transformers', 'localtgi', 'aiohttp')); "
         "print(','.join(bad))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
@@ -36,6 +38,7 @@ def test_base_dependencies_have_no_ml_stack() -> None:
     names = {dep.split("=")[0].split(";")[0].strip().lower() for dep in project["dependencies"]}
     assert not names & {"torch", "transformers", "gguf", "llguidance"}
     assert {"uvicorn", "httptools"} <= names
+    assert "aiohttp" not in names  # the upstream client is our own (httptools); aiohttp is a dev tool
     assert project["scripts"]["infernet-tgi"] == "infernet_tgi.cli:main"
 
 
