@@ -56,10 +56,11 @@ class RawServer:
 
 
 @asynccontextmanager
-async def raw_server(handler: Handler) -> AsyncIterator[RawServer]:
+async def raw_server(handler: Handler, host: str = "127.0.0.1") -> AsyncIterator[RawServer]:
     server = RawServer(handler)
-    listener = await asyncio.start_server(server.serve, "127.0.0.1", 0)
-    server.url = f"http://127.0.0.1:{listener.sockets[0].getsockname()[1]}"
+    listener = await asyncio.start_server(server.serve, host, 0)
+    shown = f"[{host}]" if ":" in host else host
+    server.url = f"http://{shown}:{listener.sockets[0].getsockname()[1]}"
     try:
         yield server
     finally:
@@ -200,6 +201,17 @@ async def test_url_credentials_become_basic_authorization() -> None:
         expected = base64.b64encode(b"user:p@ss")
         assert b"Authorization: Basic " + expected in server.heads[0]
         assert server.heads[0].startswith(b"GET /x?y=1 HTTP/1.1\r\n")
+
+
+async def test_an_ipv6_upstream_gets_its_bracketed_host_header() -> None:
+    async def handler(head: bytes, writer: asyncio.StreamWriter, index: int) -> bool:
+        writer.write(answer(b"{}"))
+        return True
+
+    async with raw_server(handler, "::1") as server, HTTPClient(timeout=5) as client:
+        assert (await client.get(server.url + "/info")).status == 200
+        port = server.url.rsplit(":", 1)[1]
+        assert f"Host: [::1]:{port}\r\n".encode() in server.heads[0]
 
 
 def test_header_values_cannot_smuggle_lines() -> None:
