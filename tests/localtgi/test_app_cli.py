@@ -27,19 +27,24 @@ def launch(*args: str) -> subprocess.Popen[str]:
     )
 
 
+def until_ready(proc: subprocess.Popen[str]) -> tuple[list[str], str]:
+    """The lines localtgi printed up to its ready line, and the URL that line names."""
+    assert proc.stdout is not None
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("localtgi ready"):
+            break
+    ready = re.fullmatch(r"localtgi ready: model \S+ on (http://127\.0\.0\.1:\d+)\n", lines[-1])
+    assert ready, lines
+    return lines, ready.group(1)
+
+
 def test_serves_until_sigterm_and_ends_streams_with_tgi_errors() -> None:
     with launch("--model-id", "tiny", "--port", "0", "--num-threads", "1",
                 "--max-concurrent-requests", "7") as proc:
-        assert proc.stdout is not None
-        lines = []
-        for line in proc.stdout:
-            lines.append(line)
-            if line.startswith("localtgi ready"):
-                break
-        ready = re.fullmatch(r"localtgi ready: model tiny on (http://127\.0\.0\.1:\d+)\n", lines[-1])
-        assert ready, lines
+        lines, url = until_ready(proc)
         assert lines[0] == "localtgi: loading model 'tiny'\n"
-        url = ready.group(1)
         assert httpx.get(f"{url}/health", timeout=10).status_code == 200
         assert httpx.get(f"{url}/info", timeout=10).json()["max_concurrent_requests"] == 7
         long = {"inputs": "Hello", "parameters": {"max_new_tokens": 1900}}
@@ -109,15 +114,7 @@ def smollm2_served(tmp_path_factory: pytest.TempPathFactory) -> Served:
         env={**os.environ, "MODULES_OUT": str(out)},
     )
     with proc:
-        assert proc.stdout is not None
-        lines = []
-        for line in proc.stdout:
-            lines.append(line)
-            if line.startswith("localtgi ready"):
-                break
-        ready = re.fullmatch(r"localtgi ready: model \S+ on (http://127\.0\.0\.1:\d+)\n", lines[-1])
-        assert ready, lines
-        url = ready.group(1)
+        _, url = until_ready(proc)
         ready_mb = rss_mb(proc.pid)
         one = {"inputs": "Hi", "parameters": {"max_new_tokens": 1}}
         r = httpx.post(f"{url}/generate", json=one, timeout=60)
