@@ -18,6 +18,7 @@ from transformers.generation.logits_process import (
 from localtgi.engine_types import SamplingParams
 from localtgi.sampling import (
     TokenChooser,
+    draw,
     green_mask,
     is_sampling,
     log_softmax,
@@ -248,3 +249,19 @@ def test_watermark_is_detected_and_plain_sampling_is_not() -> None:
     plain = watermark_z_score(generate(False), vocab)
     assert marked > 6.0
     assert abs(plain) < 3.0
+
+
+def test_two_level_draw_is_the_inverse_cdf_and_never_picks_a_dead_token() -> None:
+    rng = np.random.default_rng(5)
+    for vocab in (49152, 300, 257, 7):
+        x = (rng.standard_normal(vocab) * 4).astype(np.float32)
+        x[rng.random(vocab) < 0.3] = -np.inf  # dead tokens, some whole blocks among them
+        x[rng.integers(vocab)] = 0.0
+        logprobs = log_softmax(x)
+        cdf = np.cumsum(np.exp(logprobs).astype(np.float64))
+        for u in [0.0, 1.0 - 1e-16, *rng.random(200)]:
+            token = draw(logprobs, float(u))
+            assert np.isfinite(logprobs[token])
+            want = min(int(np.searchsorted(cdf, u * cdf[-1], side="right")), vocab - 1)
+            if np.isfinite(logprobs[want]) and abs(u * cdf[-1] - cdf[want]) > 1e-9:
+                assert token == want  # the same token as one flat CDF, away from float ties
