@@ -9,10 +9,10 @@ read timeout is one timer per request instead of one per chunk.
 
 Connections are kept per scheme, host and port (https verified with the system's CA store); at most
 `max_connections` are open at once, and a request waits for a free one. An idle connection is reused
-for 30 s; if the upstream closed it meanwhile and the request gets no byte back, it is sent once more
-on a new connection. No redirects are followed, no compression is asked for, user:password in a URL
-becomes Basic authorization. Every failure without an HTTP answer leaves as an `UpstreamError`
-(through `http.transport_error`); HTTP statuses are the caller's to judge.
+for 30 s (a host's resolved addresses for 60 s); if the upstream closed it meanwhile and the request
+gets no byte back, it is sent once more on a new connection. No redirects are followed, no compression
+is asked for, user:password in a URL becomes Basic authorization. Every failure without an HTTP answer
+leaves as an `UpstreamError` (through `http.transport_error`); HTTP statuses are the caller's to judge.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json as jsonlib
+import socket
 import ssl
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -33,6 +34,7 @@ from .connection import HIGH_WATER, Connection, Headers
 from .http import ConnectionClosedError, ConnectTimeoutError, transport_error
 
 KEEP_IDLE = 30.0  # seconds an idle connection is kept for reuse
+DNS_TTL = 60.0  # seconds a host's resolved addresses are reused for new connections
 # Seconds a stream reader waits, after the final event, for the end of the HTTP body (servers send it
 # at once) so that the connection can be reused (`Body.finish`).
 FINISH_WAIT = 1.0
@@ -140,6 +142,7 @@ class HTTPClient:
         self._open = 0
         self._targets: dict[str, _Target] = {}
         self._tls: ssl.SSLContext | None = None
+        self._dns: dict[tuple[str, int], tuple[float, list[tuple[int, tuple[Any, ...]]]]] = {}
         self._closed = False
 
     # --- public API -----------------------------------------------------------------------------
@@ -278,13 +281,22 @@ class HTTPClient:
         self._open += 1
         try:
             async with asyncio.timeout(self._timeout):
-                _, connection = await loop.create_connection(
-                    lambda: Connection(loop, key, self._timeout),
-                    host,
-                    port,
-                    ssl=tls,
-                    server_hostname=host if tls is not None else None,
-                )
+                failure: OSError | None = None
+                for family, address in await self._addresses(host, port):
+                    try:
+                        _, connection = await loop.create_connection(
+                            lambda: Connection(loop, key, self._timeout),
+                            address[0],
+                            address[1],
+                            family=family,
+                            ssl=tls,
+                            server_hostname=host if tls is not None else None,
+                        )
+                        return connection
+                    except OSError as exc:  # refused on this address: the next one may serve
+                        failure = exc
+                assert failure is not None
+                raise failure
         except TimeoutError as exc:
             self._open -= 1
             raise transport_error(ConnectTimeoutError("connect timed out"), url) from exc
@@ -294,7 +306,24 @@ class HTTPClient:
         except BaseException:
             self._open -= 1
             raise
-        return connection
+
+    async def _addresses(self, host: str, port: int) -> list[tuple[int, tuple[Any, ...]]]:
+        """The host's addresses, resolved at most once a minute (a burst of new connections would
+        otherwise queue one lookup each on the event loop's small thread pool)."""
+        loop = asyncio.get_running_loop()
+        cached = self._dns.get((host, port))
+        if cached is not None and cached[0] > loop.time():
+            return cached[1]
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        if not infos:
+            raise OSError(f"no address for {host}")
+        addresses: list[tuple[int, tuple[Any, ...]]] = [
+            (int(family), tuple(address)) for family, _, _, _, address in infos
+        ]
+        if len(self._dns) >= _URL_CACHE:
+            self._dns.clear()
+        self._dns[(host, port)] = (loop.time() + DNS_TTL, addresses)
+        return addresses
 
     def _release(self, connection: Connection) -> None:
         """The exchange is over: keep the connection if it can serve another request, else close it."""
