@@ -7,9 +7,10 @@ every row and stores its keys/values.
 The cache is one buffer per keys/values, [layers, row capacity, kv_heads, position capacity,
 head_dim]. Each row's tokens sit at the start of its own positions (no padding between rows; a
 row attends only to its own length, through `past_bias`), so a row's logits do not depend on its
-neighbours. The first `size` rows of each layer are one contiguous block handed to the network
-without a copy. Positions grow in chunks of `CHUNK`; a row that leaves is replaced by the last row,
-so leaving costs one row's copy, not the whole batch's.
+neighbours. The first rows of each layer are one contiguous block handed to the network without a
+copy. Rows come in powers of two (`network.bucket`) and positions in steps of `POSITIONS`, so a
+step's shapes repeat; a row that
+leaves is replaced by the last row, so leaving costs one row's copy, not the whole batch's.
 """
 
 from __future__ import annotations
@@ -18,14 +19,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from localtgi.network import F32, Network, past_bias
+from localtgi.network import F32, Network, bucket, past_bias
 from localtgi.prefill import RowCache
 
-CHUNK = 64
-
-
-def _round_up(n: int, step: int) -> int:
-    return max(step, -(-n // step) * step)
+POSITIONS = 64  # cache positions grow by this many
 
 
 class DecodeBatch:
@@ -50,10 +47,11 @@ class DecodeBatch:
         cap_rows, cap_pos = self._keys.shape[1], self._keys.shape[3]
         if rows <= cap_rows and positions <= cap_pos:
             return
-        rows, positions = max(rows, cap_rows), _round_up(max(positions, cap_pos), CHUNK)
+        rows = bucket(max(rows, cap_rows))
+        positions = -(-max(positions, cap_pos) // POSITIONS) * POSITIONS
         for name in ("_keys", "_values"):
             old = getattr(self, name)
-            new = self._network.shape.empty_cache(_round_up(rows, 4), positions)
+            new = self._network.shape.empty_cache(rows, positions)
             new[:, : self.size, :, : old.shape[3]] = old[:, : self.size]
             setattr(self, name, new)
 
@@ -90,21 +88,23 @@ class DecodeBatch:
         self._lengths = self._lengths[np.array(list(rows), dtype=np.int64)]
 
     def step(self, last_tokens: Sequence[int]) -> F32:
-        """One forward for every row's last token; returns next-token logits [rows, vocab]."""
-        rows = self.size
-        self._reserve(rows, int(self._lengths.max()) + 1)
+        """One forward for every row's last token; returns next-token logits [rows, vocab].
+
+        The forward runs over `bucket(rows)` rows: the spare ones read nothing (their bias hides
+        every cached position) and their outputs are dropped."""
+        rows, run = self.size, bucket(self.size)
+        self._reserve(run, int(self._lengths.max()) + 1)
         width = self._keys.shape[3]
+        tokens = np.zeros((run, 1), dtype=np.int64)
+        tokens[:rows, 0] = list(last_tokens)
+        lengths = np.zeros(run, dtype=np.int64)
+        lengths[:rows] = self._lengths
         logits, keys, values = self._network.decode(
-            np.array(list(last_tokens), dtype=np.int64)[:, None],
-            self._lengths[:, None],
-            past_bias(self._lengths, width),
-            self._keys,
-            self._values,
-            rows,
+            tokens, lengths[:, None], past_bias(lengths, width), self._keys, self._values, run
         )
         index = np.arange(rows)
         # [L, B, H, 1, D] -> [B, L, H, D]: the layout numpy gives the row/position-indexed slots
-        self._keys[:, index, :, self._lengths] = keys[:, :, :, 0].transpose(1, 0, 2, 3)
-        self._values[:, index, :, self._lengths] = values[:, :, :, 0].transpose(1, 0, 2, 3)
+        self._keys[:, index, :, self._lengths] = keys[:, :rows, :, 0].transpose(1, 0, 2, 3)
+        self._values[:, index, :, self._lengths] = values[:, :rows, :, 0].transpose(1, 0, 2, 3)
         self._lengths = self._lengths + 1
-        return logits
+        return logits[:rows]

@@ -18,7 +18,7 @@ Attention is computed in two parts, over the cache (masked by `past_bias`) and o
 Inputs (B rows, T new tokens, P cached positions, L layers, Hkv key/value heads, D head size):
 
 * `input_ids`, `position_ids` [B, T] int64; `logits_index` [B, K] int64 (new positions to score);
-* `past_bias` [B, 1, 1, 1, P] float32: 0 for a cached position the row attends to, -inf otherwise;
+* `past_bias` [B, 1, 1, P] float32: 0 for a cached position the row attends to, -inf otherwise;
 * `past_key_<i>`, `past_value_<i>` [B, Hkv, P, D] float32 for each layer i.
 
 Outputs: `logits` [B, K, vocab]; `keys`, `values` [L, B, Hkv, T, D] of the new tokens.
@@ -109,7 +109,7 @@ def build(weights: LlamaWeights) -> Any:
 
     ids = ops.parameter([-1, -1], ov.Type.i64, name="input_ids")
     positions = ops.parameter([-1, -1], ov.Type.i64, name="position_ids")
-    past_bias = ops.parameter([-1, 1, 1, 1, -1], ov.Type.f32, name="past_bias")
+    past_bias = ops.parameter([-1, 1, 1, -1], ov.Type.f32, name="past_bias")
     logits_index = ops.parameter([-1, -1], ov.Type.i64, name="logits_index")
     cache_shape = [-1, hkv, -1, dim]
     past_k = [ops.parameter(cache_shape, ov.Type.f32, name=f"past_key_{i}") for i in range(layers)]
@@ -129,7 +129,8 @@ def build(weights: LlamaWeights) -> Any:
     one = ops.constant(np.int64(1))
     steps = ops.range(ops.constant(np.int64(0)), ops.squeeze(new, axis0), one, ov.Type.i64)
     causal = ops.less_equal(ops.unsqueeze(steps, axis0), ops.unsqueeze(steps, axis1))  # [T, T]
-    causal_bias = ops.select(causal, gr.f32(0.0), gr.f32(-np.inf))
+    # [G*T, T]: the causal mask once for each query head of a group (rows g*T + t, as q's below)
+    causal_bias = ops.tile(ops.select(causal, gr.f32(0.0), gr.f32(-np.inf)), gr.i64(group, 1))
     scale = gr.f32(1.0 / np.sqrt(dim))
 
     def split_heads(t: Any, n: int) -> Any:  # [B, T, n*D] -> [B, n, T, D]
@@ -149,17 +150,16 @@ def build(weights: LlamaWeights) -> Any:
         v = split_heads(v, hkv)
         keys.append(k)
         values.append(v)
-        # Query heads of one key/value head side by side: [B, Hkv, G, T, D] against [B, Hkv, 1, *, D].
-        q = gr.reshape(q, [batch, gr.i64(hkv, group), new, gr.i64(dim)])
-        two = gr.i64(2)
-        old_k, old_v = ops.unsqueeze(past_k[i], two), ops.unsqueeze(past_v[i], two)
-        new_k, new_v = ops.unsqueeze(k, two), ops.unsqueeze(v, two)
-        old_scores = ops.add(ops.matmul(q, old_k, False, True), past_bias)
-        new_scores = ops.add(ops.matmul(q, new_k, False, True), causal_bias)
+        # The query heads of one key/value head as one [G*T, D] matrix per (row, kv head): every
+        # matmul below then has equal batch dimensions (no broadcast over the cache).
+        q = gr.reshape(q, [batch, gr.i64(hkv), ops.multiply(new, gr.i64(group)), gr.i64(dim)])
+        old_scores = ops.add(ops.matmul(q, past_k[i], False, True), past_bias)  # [B, Hkv, G*T, P]
+        new_scores = ops.add(ops.matmul(q, k, False, True), causal_bias)  # [B, Hkv, G*T, T]
         probs = ops.softmax(ops.concat([old_scores, new_scores], -1), -1)
         split = ops.concat([gr.dims(past_k[i], 2), new], 0)
         p_old, p_new = ops.variadic_split(probs, ops.constant(np.int64(-1)), split).outputs()
-        attn = ops.add(ops.matmul(p_old, old_v, False, False), ops.matmul(p_new, new_v, False, False))
+        attn = ops.add(ops.matmul(p_old, past_v[i], False, False), ops.matmul(p_new, v, False, False))
+        attn = gr.reshape(attn, [batch, gr.i64(hkv, group), new, gr.i64(dim)])  # [B, Hkv, G, T, D]
         attn = ops.transpose(attn, gr.i64(0, 3, 1, 2, 4))  # [B, T, Hkv, G, D]
         attn = gr.reshape(attn, [batch, new, gr.i64(heads * dim)])
         x = ops.add(x, gr.q4_linear(attn, [layer.o]))

@@ -56,7 +56,7 @@ _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _SMOLLM2_CACHE_NAME = "smollm2-135m-instruct-ov-q4"
 _NETWORK_FILE = "network.xml"
 # Bump when the cached files change meaning (graph inputs, weight encoding): older caches are rebuilt.
-CACHE_FORMAT = "localtgi-openvino-llama-q4_1/3"
+CACHE_FORMAT = "localtgi-openvino-llama-q4_1/4"
 _COMPLETE_MARKER = "localtgi-complete.json"
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 

@@ -66,11 +66,21 @@ def convert(hf_model: Any) -> Any:
     return llama.build(from_transformers(hf_model))
 
 
+def bucket(n: int, smallest: int = 1) -> int:
+    """`n` rounded up to a power of two (at least `smallest`). OpenVINO prepares every node again
+    for each new input shape (about half a second for SmolLM2) and caches what it prepared, so the
+    rows and cache positions a step runs with come from a few sizes, not from every count."""
+    size = smallest
+    while size < n:
+        size *= 2
+    return size
+
+
 def past_bias(lengths: Sequence[int] | I64, width: int) -> F32:
     """The `past_bias` input: row r attends to the first lengths[r] of `width` cached positions."""
     used = np.arange(width)[None, :] < np.asarray(lengths, dtype=np.int64)[:, None]
     bias = np.where(used, np.float32(0.0), np.float32(-np.inf)).astype(np.float32)
-    return bias.reshape(len(used), 1, 1, 1, width)
+    return bias.reshape(len(used), 1, 1, width)
 
 
 class Network:

@@ -21,14 +21,14 @@ from typing import Any
 
 import numpy as np
 
-from localtgi.network import F32, Network, past_bias
+from localtgi.network import F32, Network, bucket, past_bias
 
 RowCache = tuple[F32, F32]  # keys, values [layers, kv_heads, length, head_dim]
 _LOGPROB_CHUNK = 128
 # Tokens in one prefill forward. OpenVINO's intermediate buffers grow with the tokens of the largest
 # forward it has run (about 0.5 MB a token for SmolLM2) and are kept; this bounds them, and larger
 # forwards gain little: prefill is compute-bound well before.
-PREFILL_TOKENS = 128
+PREFILL_TOKENS = 128  # a power of two: chunks are padded to one (`bucket`)
 
 
 @dataclass(frozen=True)
@@ -79,11 +79,17 @@ def prefill(network: Network, prompt: Sequence[int], prefix: Prefix | None = Non
         keys, values = prefix.cache[0][:, None], prefix.cache[1][:, None]
     logits: F32 | None = None
     for begin in range(start, len(ids), PREFILL_TOKENS):
-        chunk = np.array(ids[begin : begin + PREFILL_TOKENS], dtype=np.int64)[None]
-        positions = np.arange(begin, begin + chunk.shape[1], dtype=np.int64)[None]
-        last = np.array([[chunk.shape[1] - 1]], dtype=np.int64)
+        part = ids[begin : begin + PREFILL_TOKENS]
+        # Padded to a power of two (with its last token; causal attention keeps the padding out of
+        # the real tokens, and its keys are dropped) so that prompt shapes repeat: see network.bucket.
+        width = min(bucket(len(part), 8), PREFILL_TOKENS)
+        chunk = np.array(part + [part[-1]] * (width - len(part)), dtype=np.int64)[None]
+        positions = np.arange(begin, begin + width, dtype=np.int64)[None]
+        last = np.array([[len(part) - 1]], dtype=np.int64)
         out, k, v = network.run(chunk, positions, past_bias([begin], begin), keys, values, last)
-        keys, values = np.concatenate((keys, k), axis=3), np.concatenate((values, v), axis=3)
+        real = slice(0, len(part))
+        keys = np.concatenate((keys, k[:, :, :, real]), axis=3)
+        values = np.concatenate((values, v[:, :, :, real]), axis=3)
         logits = out[0, 0]
     assert logits is not None, "an empty prompt has no next token"
     return logits, (keys[:, 0], values[:, 0])
