@@ -121,15 +121,12 @@ class JobService:
         try:
             async with drain.limit(settings.job_deadline):
                 generation = await core.generate(job.request, deadline=deadline)
-        except RecursionError as exc:
-            raise _too_deep(core.upstream.url) from exc
-        except TimeoutError as exc:
-            if drain.expired:
-                raise ShutdownError(_UNFINISHED.format(settings.shutdown_grace)) from exc
-            raise UpstreamTimeoutError(
+        except (RecursionError, TimeoutError) as exc:
+            late = (
                 f"no answer within the container's {settings.job_deadline:g} s job deadline "
                 "(TGI_INF_JOB_DEADLINE; the node gives up at 180 s)"
-            ) from exc
+            )
+            raise self._failed_call(exc, core.upstream.url, late) from exc
         if jsontext.has_lone_surrogate(generation.text):
             raise UpstreamProtocolError(
                 f"the answer from {redact(core.upstream.url)} holds a lone UTF-16 surrogate, "
@@ -157,20 +154,24 @@ class JobService:
                 result["attester"] = notary.attester.address
         return result
 
+    def _failed_call(self, exc: RecursionError | TimeoutError, url: str, late: str) -> Exception:
+        """The job error for an upstream call that nested too deeply or ran out of time: `late` when
+        its own deadline passed, the shutdown error when the drain's grace did."""
+        if isinstance(exc, RecursionError):
+            return _too_deep(url)
+        if self._drain.expired:
+            return ShutdownError(_UNFINISHED.format(self._settings.shutdown_grace))
+        return UpstreamTimeoutError(late)
+
     async def _stream(self, job: Job) -> Relay:
         settings, drain, core = self._settings, self._drain, self._core()
         deadline = time.monotonic() + settings.stream_deadline
         try:
             async with drain.limit(settings.stream_deadline):
                 first, rest = await core.start_stream(job.request, deadline=deadline)
-        except RecursionError as exc:
-            raise _too_deep(core.upstream.url) from exc
-        except TimeoutError as exc:
-            if drain.expired:
-                raise ShutdownError(_UNFINISHED.format(settings.shutdown_grace)) from exc
-            raise UpstreamTimeoutError(
-                f"stream did not start within {settings.stream_deadline:g} s (TGI_INF_STREAM_DEADLINE)"
-            ) from exc
+        except (RecursionError, TimeoutError) as exc:
+            late = f"stream did not start within {settings.stream_deadline:g} s (TGI_INF_STREAM_DEADLINE)"
+            raise self._failed_call(exc, core.upstream.url, late) from exc
         loop_deadline = asyncio.get_running_loop().time() + (deadline - time.monotonic())
         done: Callable[[], None] = self._metrics.in_flight.dec
         return Relay(first, rest, loop_deadline, drain, on_close=done)
