@@ -24,7 +24,15 @@ from pathlib import Path
 import aiohttp
 from eth_abi.abi import encode
 
-from bench_container import JSON_HEADERS, free_port, pct, start_fake, timed_requests, wait_ready
+from bench_container import (
+    JSON_HEADERS,
+    container_env,
+    free_port,
+    pct,
+    requests,
+    start_fake,
+    wait_ready,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
@@ -55,13 +63,7 @@ def signing_cost(repeat: int) -> None:
 
 def start_container(upstream: str, signed: bool) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT / "src"),
-        "TGI_INF_WORKFLOW_POSITIONAL_ARGS": json.dumps([upstream, 30]),
-        "TGI_INF_WORKFLOW_KW_ARGS": json.dumps({"max_new_tokens": 16}),
-        "TGI_INF_LOG_LEVEL": "WARNING",
-    }
+    env = {**container_env(upstream), "PYTHONPATH": str(ROOT / "src")}
     if signed:
         env |= {"TGI_INF_ATTESTATION_KEY": KEY, "TGI_INF_ATTESTATION_CHAIN_ID": "1"}
     else:
@@ -79,25 +81,26 @@ def start_container(upstream: str, signed: bool) -> tuple[subprocess.Popen[bytes
 async def compare(args: argparse.Namespace) -> None:
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        fake, fake_url = start_fake(0.0)
+        fake, fake_url = start_fake("--delay", "0")
         procs.append(fake)
         plain, plain_url = start_container(fake_url, signed=False)
         signed, signed_url = start_container(fake_url, signed=True)
         procs += [plain, signed]
         plain_job, signed_job = plain_url + "/service_output", signed_url + "/service_output"
-        plain_body = {**JOB, "requires_proof": False}
+        plain_body = json.dumps({**JOB, "requires_proof": False}).encode()
+        signed_body = json.dumps(JOB).encode()
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)) as client:
             async with client.post(signed_job, json=JOB, headers=JSON_HEADERS) as response:
                 first = await response.json()
             assert first.get("proof"), f"the signed container gave no proof: {first}"
-            await timed_requests(client, plain_job, plain_body, 200, 8)  # warm up
-            await timed_requests(client, signed_job, JOB, 200, 8)
+            await requests(client, plain_job, plain_body, 200, 8)  # warm up
+            await requests(client, signed_job, signed_body, 200, 8)
             for concurrency, total in ((1, args.requests // 4), (16, args.requests)):
                 off: list[float] = []
                 on: list[float] = []
                 for _ in range(args.rounds):  # alternate so drift hits both alike
-                    off += (await timed_requests(client, plain_job, plain_body, total, concurrency))[0]
-                    on += (await timed_requests(client, signed_job, JOB, total, concurrency))[0]
+                    off += (await requests(client, plain_job, plain_body, total, concurrency))[0]
+                    on += (await requests(client, signed_job, signed_body, total, concurrency))[0]
                 o50, o99 = pct(off, 0.5) * 1e3, pct(off, 0.99) * 1e3
                 s50, s99 = pct(on, 0.5) * 1e3, pct(on, 0.99) * 1e3
                 print(

@@ -86,17 +86,21 @@ def container_command(workers: int | None) -> list[str]:
     return command + ([] if workers is None else ["--workers", str(workers)])
 
 
-def start_container(upstream: str, workers: int | None) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    env = {
+def container_env(upstream: str) -> dict[str, str]:
+    """The environment every benchmark starts the container with: `upstream`, 16 new tokens, quiet logs."""
+    return {
         **os.environ,
         "TGI_INF_WORKFLOW_POSITIONAL_ARGS": json.dumps([upstream, 30]),
         "TGI_INF_WORKFLOW_KW_ARGS": json.dumps({"max_new_tokens": 16}),
         "TGI_INF_LOG_LEVEL": "WARNING",
     }
+
+
+def start_container(upstream: str, workers: int | None) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
     proc = subprocess.Popen(
         [*container_command(workers), "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
+        env=container_env(upstream),
         stdout=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"

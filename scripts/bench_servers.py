@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,7 +30,8 @@ import time
 from pathlib import Path
 
 import aiohttp
-import httpx
+
+from bench_container import container_env, free_port, wait_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = "infernet_tgi.app:create_app_from_env"
@@ -42,25 +42,6 @@ DIRECT_STREAM = {"inputs": "hello there", "parameters": {"max_new_tokens": 32, "
 STREAM_TEXT = " ".join(["tok"] * 32)
 TICK = os.sysconf("SC_CLK_TCK")
 SERVERS = ("hypercorn", "granian", "uvicorn")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_ready(url: str, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"{url}: the server exited early")
-        try:
-            httpx.get(url, timeout=0.5)
-            return
-        except httpx.TransportError:
-            time.sleep(0.05)
-    raise SystemExit(f"{url} did not start")
 
 
 def start_fake(delay: float, token_delay: float) -> tuple[subprocess.Popen[bytes], str]:
@@ -90,13 +71,7 @@ def serve_fake(port: int, delay: float, token_delay: float) -> None:
 
 def start_server(kind: str, upstream: str, workers: int, backlog: int) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT / "src"),
-        "TGI_INF_WORKFLOW_POSITIONAL_ARGS": json.dumps([upstream, 30]),
-        "TGI_INF_WORKFLOW_KW_ARGS": json.dumps({"max_new_tokens": 16}),
-        "TGI_INF_LOG_LEVEL": "WARNING",
-    }
+    env = {**container_env(upstream), "PYTHONPATH": str(ROOT / "src")}
     bindir = Path(sys.executable).parent
     commands = {
         "uvicorn": [
