@@ -3,7 +3,8 @@
 Use `FakeTGI()` as a context manager: it serves on 127.0.0.1 from its own thread and event loop, so it
 works the same under any test loop and in a benchmark script. Queue behaviours with `script(...)`; each
 request takes the next one, and an empty queue means `Ok`. It speaks just enough HTTP/1.1 (keep-alive,
-Content-Length bodies) to control the socket exactly: answer, stall, stream slowly, or reset.
+Content-Length bodies; streams chunked and kept alive as TGI's, error streams ended by a close) to
+control the socket exactly: answer, stall, stream slowly, or reset.
 """
 
 from __future__ import annotations
@@ -216,13 +217,14 @@ class FakeTGI:
                 },
                 {"x-prompt-tokens": str(len(str(inputs).split()))},
             )
-        await _sse_head(writer)
+        # Chunked and kept alive, as TGI answers: the connection serves the next request.
+        await _sse_head(writer, chunked=True)
         pieces = [p for p in _split_keep_spaces(text)]
         try:
             for i, piece in enumerate(pieces, start=1):
                 if behaviour.token_delay:
                     await asyncio.sleep(behaviour.token_delay)
-                await _sse(writer, _token_event(i, piece, special=False))
+                await _sse(writer, _token_event(i, piece, special=False), chunked=True)
             last = len(pieces) + 1
             final = _token_event(last, "</s>" if behaviour.special_eos else "", special=True)
             final["generated_text"] = text
@@ -232,12 +234,14 @@ class FakeTGI:
                 "seed": None,
                 "input_length": len(str(inputs).split()),
             }
-            await _sse(writer, final)
+            await _sse(writer, final, chunked=True)
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
         except ConnectionError:
             with self._lock:
                 self.disconnects += 1
             return False
-        return False
+        return True
 
 
     async def _tokenize(self, req: Seen, writer: asyncio.StreamWriter) -> bool:
@@ -310,16 +314,20 @@ async def _send_json(
     return await _send(writer, status, json.dumps(payload).encode(), "application/json", extra)
 
 
-async def _sse_head(writer: asyncio.StreamWriter) -> None:
+async def _sse_head(writer: asyncio.StreamWriter, *, chunked: bool = False) -> None:
+    """A stream's head: chunked (kept alive), or ended by closing the connection."""
+    framing = b"transfer-encoding: chunked\r\n" if chunked else b"connection: close\r\n"
     writer.write(
         b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n"
-        b"connection: close\r\n\r\n"
+        + framing
+        + b"\r\n"
     )
     await writer.drain()
 
 
-async def _sse(writer: asyncio.StreamWriter, payload: dict[str, Any]) -> None:
-    writer.write(b"data:" + json.dumps(payload).encode() + b"\n\n")
+async def _sse(writer: asyncio.StreamWriter, payload: dict[str, Any], *, chunked: bool = False) -> None:
+    event = b"data:" + json.dumps(payload).encode() + b"\n\n"
+    writer.write(b"%x\r\n%s\r\n" % (len(event), event) if chunked else event)
     await writer.drain()
 
 
