@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from types import TracebackType
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -40,19 +40,12 @@ class Drain:
         """True once the grace period is over: a wait cut now was cut by the shutdown."""
         return self._end is not None and asyncio.get_running_loop().time() >= self._end
 
-    @asynccontextmanager
-    async def limit(self, seconds: float) -> AsyncIterator[asyncio.Timeout]:
+    def limit(self, seconds: float) -> Limit:
         """`asyncio.timeout(seconds)`, shortened to the end of the grace period once it has begun.
 
         Wrap awaits only, never a `yield` of an async generator (a timeout must fire in the frame
         that awaits)."""
-        async with asyncio.timeout(seconds) as timeout:
-            self._clamp(timeout)
-            self._waits.add(timeout)
-            try:
-                yield timeout
-            finally:
-                self._waits.discard(timeout)
+        return Limit(self, seconds)
 
     def begin(self) -> None:
         """Start the grace period (idempotent): every wait running or to come ends by its end."""
@@ -96,6 +89,32 @@ class Drain:
             timeout.reschedule(self._end)
 
 
+class Limit:
+    """What `Drain.limit` returns: an `asyncio.Timeout` the drain knows of while it is entered (a
+    class rather than a generator-based context manager: it wraps every job's upstream call)."""
+
+    __slots__ = ("_drain", "_timeout")
+
+    def __init__(self, drain: Drain, seconds: float) -> None:
+        self._drain = drain
+        self._timeout = asyncio.timeout(seconds)
+
+    async def __aenter__(self) -> asyncio.Timeout:
+        timeout = await self._timeout.__aenter__()
+        self._drain._clamp(timeout)
+        self._drain._waits.add(timeout)
+        return timeout
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._drain._waits.discard(self._timeout)
+        await self._timeout.__aexit__(exc_type, exc, traceback)  # raises TimeoutError when it fired
+
+
 class Deadline:
     """One deadline over all the waits of a loop that also yields: a stream body waits for the
     upstream, then yields a chunk that the server writes, and so on.
@@ -114,11 +133,12 @@ class Deadline:
         self.when = when
         self._waiting = False
         self._fired = False
+        self._passed = False  # set by the timer: no loop clock read per wait
         self._timer: asyncio.TimerHandle | None = self._loop.call_at(when, self._fire)
 
     async def next(self, iterator: AsyncIterator[T]) -> T:
         """`anext(iterator)` within the deadline (StopAsyncIteration passes through)."""
-        if self._loop.time() >= self.when:
+        if self._passed:
             raise TimeoutError()
         self._waiting = True
         try:
@@ -149,6 +169,7 @@ class Deadline:
 
     def _fire(self) -> None:
         self._timer = None
+        self._passed = True
         if self._waiting and not self._fired:
             self._fired = True
             self._task.cancel()

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
-from contextlib import aclosing
 from typing import Any
 
 from .errors import InfernetTGIError, PayloadTooLargeError
@@ -181,8 +180,9 @@ async def _whole(send: Send, status: int, body: bytes) -> None:
 
 async def _relay(send: Send, relay: Relay) -> None:
     """A stream job's body, chunk by chunk; closing the relay closes the upstream stream."""
-    await send({"type": "http.response.start", "status": 200, "headers": [_TEXT_TYPE]})
-    async with aclosing(relay):
-        async for chunk in relay:
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    try:
+        await send({"type": "http.response.start", "status": 200, "headers": [_TEXT_TYPE]})
+        await relay.write_to(send)
+    finally:
+        await relay.aclose()  # a no-op when written to the end; else closes the upstream stream
     await send(dict(_END))

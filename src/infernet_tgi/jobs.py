@@ -8,6 +8,7 @@ result shape is chosen by `destination`. Pydantic errors are translated here.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,6 +67,32 @@ class Job:
 
 def parse_job(body: Any, settings: Settings) -> Job:
     """Validate a node body into a `Job`, or raise the precise `JobError`."""
+    return JobReader(settings).parse(body)
+
+
+class JobReader:
+    """`parse_job` under one `Settings`: use one per app for every job. The operator's defaults are
+    merged and checked once per destination kind, so a job without parameters (the common case)
+    costs no parameter validation of its own."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._plain: dict[bool, dict[str, Any]] = {}  # by `streaming`: the defaults alone, checked
+
+    def parse(self, body: Any) -> Job:
+        """Validate a node body into a `Job`, or raise the precise `JobError`."""
+        return _parse(body, self.settings, self._parameters)
+
+    def _parameters(self, overrides: dict[str, Any] | None, *, streaming: bool) -> dict[str, Any]:
+        if overrides:
+            return merge_parameters(self.settings, overrides, streaming=streaming)
+        plain = self._plain.get(streaming)
+        if plain is None:  # raises, uncached, when the defaults themselves break a rule
+            plain = self._plain[streaming] = merge_parameters(self.settings, None, streaming=streaming)
+        return dict(plain)  # the caller's own: it pops `grammar`
+
+
+def _parse(body: Any, settings: Settings, parameters_for: Callable[..., dict[str, Any]]) -> Job:
     if not isinstance(body, dict):
         raise BadJobError(f"job body must be a JSON object, got {_kind(body)}")
     try:
@@ -100,7 +127,7 @@ def parse_job(body: Any, settings: Settings) -> Job:
             f"{settings.max_prompt_chars} (TGI_INF_MAX_PROMPT_CHARS)"
         )
     overrides, wanted = split_constraints(raw_parameters)
-    parameters = merge_parameters(settings, overrides, streaming=job.destination == STREAM)
+    parameters = parameters_for(overrides, streaming=job.destination == STREAM)
     constraint = Constraint.from_parameters(
         response_pool=wanted.response_pool,
         json_format=wanted.json_format,

@@ -30,7 +30,7 @@ from .errors import (
     UpstreamProtocolError,
     UpstreamTimeoutError,
 )
-from .jobs import Job, parse_job
+from .jobs import Job, JobReader
 from .metrics import Metrics
 from .protocol import MAX_JSON_DEPTH, OffchainResult, OnchainResult, Usage
 from .redaction import redact
@@ -70,6 +70,7 @@ class JobService:
         self._runtime = runtime
         self._drain = drain
         self._bearer = None if settings.bearer is None else settings.bearer.encode()
+        self._reader = JobReader(settings)
 
     def check_bearer(self, authorization: str) -> None:
         """Raises `UnauthorizedError` unless the header carries the configured token (if any)."""
@@ -95,17 +96,17 @@ class JobService:
         try:
             if _parse_inline(raw):
                 body = _loads(raw)
-                job = parse_job(body, self._settings)
+                job = self._reader.parse(body)
             else:
                 loop = asyncio.get_running_loop()
                 parsing = self._runtime.parsing
                 body = await loop.run_in_executor(parsing, _loads, raw)
-                job = await loop.run_in_executor(parsing, parse_job, body, self._settings)
+                job = await loop.run_in_executor(parsing, self._reader.parse, body)
             if job.streaming:
                 answer: bytes | Relay = await self._stream(job)
                 streaming = True
             else:
-                answer = json_bytes(await self._generate(job))
+                answer = await self._generate(job)
         except InfernetTGIError as exc:
             metrics.job_done(*_route(body), str(exc.status))
             raise
@@ -115,7 +116,8 @@ class JobService:
         metrics.job_done(job.source, job.destination, "ok")
         return answer
 
-    async def _generate(self, job: Job) -> dict[str, Any]:
+    async def _generate(self, job: Job) -> bytes:
+        """The answer's JSON bytes."""
         settings, drain, core = self._settings, self._drain, self._core()
         deadline = time.monotonic() + settings.job_deadline
         try:
@@ -138,21 +140,24 @@ class JobService:
         if job.onchain_output:
             result = OnchainResult(raw_input=job.raw_input, raw_output=raw_output).model_dump()
         else:
-            result = OffchainResult(
+            offchain = OffchainResult(
                 output=generation.text,
                 finish_reason=generation.finish_reason,
                 usage=Usage(
                     prompt_tokens=generation.prompt_tokens,
                     completion_tokens=generation.completion_tokens,
                 ),
-            ).model_dump()
+            )
+            if not signed:  # the common answer: pydantic writes its JSON (UTF-8, compact) directly
+                return offchain.model_dump_json().encode()
+            result = offchain.model_dump()
         if signed and notary is not None:
             # Every on-chain answer is signed; off-chain ones when asked (parse_job refuses those
             # without a key). raw_input is what the consumer receives, so it can recompute the hashes.
             result["proof"] = await notary.proof(bytes.fromhex(job.raw_input), bytes.fromhex(raw_output))
             if not job.onchain_output:
                 result["attester"] = notary.attester.address
-        return result
+        return json_bytes(result)
 
     def _failed_call(self, exc: RecursionError | TimeoutError, url: str, late: str) -> Exception:
         """The job error for an upstream call that nested too deeply or ran out of time: `late` when

@@ -81,6 +81,10 @@ def loads(raw: str | bytes, *, max_depth: int, max_values: int = MAX_VALUES) -> 
         if commas >= max_values:
             raise ValueError(f"holds more than {max_values} values; at most {max_values} are accepted")
     value = json.loads(text)
+    # A lone surrogate can only come from a \u escape: strict UTF-8 decoding refuses encoded ones,
+    # so bytes without an escape need no walk over the parsed value (text given as str might hold one).
+    if "\\u" not in text and (isinstance(raw, bytes) or not _SURROGATE.search(text)):
+        return value
     where = lone_surrogate(value)
     if where is not None:
         raise ValueError(f"a string at {where} holds a lone UTF-16 surrogate (not encodable as UTF-8)")

@@ -1,21 +1,25 @@
 """`Relay`: the body of a stream job, from the upstream's deltas to the bytes the server writes.
 
 Use it as the response body of a stream job (the app does), with the first delta and the rest that
-`Core.start_stream` returned.
+`Core.start_stream` returned: the hot path hands it the ASGI `send` (`write_to`), Quart iterates it.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, MutableMapping
 from contextlib import aclosing
+from typing import Any
 
 from . import jsontext
-from .drain import Drain
+from .drain import Deadline, Drain
 from .errors import UpstreamError
 from .generation import StreamDelta
 
 log = logging.getLogger("infernet_tgi")
+
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+_BODY = "http.response.body"
 
 
 class Relay:
@@ -38,10 +42,37 @@ class Relay:
         drain: Drain,
         on_close: Callable[[], None],
     ) -> None:
+        self._first = first
         self._rest = rest
+        self._deadline = deadline
         self._drain = drain
         self._on_close: Callable[[], None] | None = on_close
-        self._body = self._loop(first, deadline)
+        self._body = self._loop()
+
+    async def write_to(self, send: Send) -> None:
+        """Write the body as ASGI `http.response.body` messages (more to come after each), then
+        close the stream. The hot path's loop: the upstream's deltas go straight to `send`, with no
+        generator between them."""
+        rest, first = self._rest, self._first
+        limit = self._drain.deadline(self._deadline)
+        try:
+            async with aclosing(rest):
+                if first.text:
+                    await send({"type": _BODY, "body": _utf8(first.text), "more_body": True})
+                if first.finish_reason is not None:
+                    return
+                while True:
+                    try:
+                        delta = await limit.next(rest)
+                    except StopAsyncIteration:
+                        return
+                    if delta.text:
+                        await send({"type": _BODY, "body": _utf8(delta.text), "more_body": True})
+        except (TimeoutError, UpstreamError) as exc:
+            self._ended(exc)
+        finally:
+            limit.close()
+            await self._finish()
 
     def __aiter__(self) -> Relay:
         return self
@@ -49,10 +80,11 @@ class Relay:
     def __anext__(self) -> Awaitable[bytes]:
         return self._body.__anext__()
 
-    async def _loop(self, first: StreamDelta, deadline: float) -> AsyncGenerator[bytes, None]:
-        rest, drain = self._rest, self._drain
-        limit = drain.deadline(deadline)
+    async def _loop(self) -> AsyncGenerator[bytes, None]:
+        rest, first = self._rest, self._first
+        limit: Deadline | None = None
         try:
+            limit = self._drain.deadline(self._deadline)  # here: the deadline cancels this task
             async with aclosing(rest):
                 if first.text:
                     yield _utf8(first.text)
@@ -65,16 +97,21 @@ class Relay:
                         return
                     if delta.text:
                         yield _utf8(delta.text)
-        except TimeoutError:
-            if drain.expired:
-                log.warning("stream ended: the container is shutting down (grace period over)")
-            else:
-                log.warning("stream stopped at the stream deadline")
-        except UpstreamError as exc:
-            log.warning("stream ended early: %s", exc.description)
+        except (TimeoutError, UpstreamError) as exc:
+            self._ended(exc)
         finally:
-            limit.close()
+            if limit is not None:
+                limit.close()
             await self._finish()
+
+    def _ended(self, exc: TimeoutError | UpstreamError) -> None:
+        """Log why a stream ended before its final event."""
+        if isinstance(exc, UpstreamError):
+            log.warning("stream ended early: %s", exc.description)
+        elif self._drain.expired:
+            log.warning("stream ended: the container is shutting down (grace period over)")
+        else:
+            log.warning("stream stopped at the stream deadline")
 
     async def _finish(self) -> None:
         if self._on_close is None:

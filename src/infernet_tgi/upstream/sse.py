@@ -30,6 +30,21 @@ class SSEDecoder:
         """The payloads of the events completed by `chunk`, in order."""
         if self.done:
             return []
+        if (
+            not self._pending
+            and not self._data
+            and chunk.startswith(b"data:")
+            and chunk.endswith(b"\n\n")
+            and chunk.find(b"\n", 5) == len(chunk) - 2
+            and b"\r" not in chunk
+        ):  # the common case, one whole event alone in a chunk: no line splitting
+            value = chunk[6:-2] if chunk.startswith(b"data: ") else chunk[5:-2]
+            if len(value) > self._max:
+                raise UpstreamProtocolError(f"upstream stream event is over {self._max} bytes")
+            if value == DONE:
+                self.done = True
+                return []
+            return [value]
         buffer = self._pending + chunk if self._pending else chunk
         lines = buffer.split(b"\n")
         self._pending = lines.pop()
