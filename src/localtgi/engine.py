@@ -3,7 +3,8 @@
 Use one `Engine` per loaded model. `submit` a tokenized prompt with its `SamplingParams` from the
 event loop and iterate the returned `GenerationStream`: `TokenEvent`s, the last one carrying the
 `FinishEvent`. All model work runs in one worker thread, which compiles the OpenVINO network
-(`network.Network`) and then loops: admit waiting requests (each prompt prefilled on its own, its
+(`network.Network`), runs one prefill and one decode step (then the network's weights file is no
+longer read, and its pages are given back: `file_pages`) and then loops: admit waiting requests (each prompt prefilled on its own, its
 first token sent at once, `prefill`), drop cancelled and finished rows, then run one batched
 decode step for every active row (`decode_batch.DecodeBatch`). Requests join and leave between
 steps; a cancelled stream leaves at the next step. Each request samples from its own numpy
@@ -246,7 +247,9 @@ class Engine:
             # turn); prefilling it once cuts a typical chat prefill by more than half.
             ids = prefill_mod.chat_prefix_ids(self.loaded.tokenizer)
             prefix = prefill_mod.compute_prefix(net, ids) if len(ids) >= 4 else None
-            self._loop_until_stopped(net, DecodeBatch(net), prefix)
+            batch = DecodeBatch(net)
+            self._warm_up(net, batch, prefix)
+            self._loop_until_stopped(net, batch, prefix)
         except BaseException as exc:  # noqa: BLE001 - the worker is gone; say so everywhere, once
             log.error("localtgi engine worker died: %s: %s", type(exc).__name__, exc, exc_info=exc)
             with self._cond:
@@ -254,6 +257,19 @@ class Engine:
                 self._running = False
         finally:
             self._shutdown()
+
+    def _warm_up(self, net: Network, batch: DecodeBatch, prefix: prefill_mod.Prefix | None) -> None:
+        """One prefill and one decode step before the first request, so that OpenVINO has read the
+        weights file for both kinds of forward; then its pages are given back (`Network.
+        release_weights_file`), and the first request does not pay for preparing a decode step."""
+        if prefix is None:
+            _, cache = prefill_mod.prefill(net, [0])
+        else:
+            cache = prefix.cache
+        batch.add([cache])
+        batch.step([0])
+        batch.clear()
+        net.release_weights_file()
 
     def _loop_until_stopped(
         self, net: Network, batch: DecodeBatch, prefix: prefill_mod.Prefix | None

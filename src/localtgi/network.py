@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from localtgi import llama
+from localtgi import file_pages, llama
 from localtgi.weights import LlamaWeights, from_transformers
 
 F32 = npt.NDArray[np.float32]
@@ -99,8 +99,17 @@ class Network:
             "PERFORMANCE_HINT": "LATENCY",
         }
         self._request = ov.Core().compile_model(model, "CPU", config).create_infer_request()
+        # OpenVINO maps a saved network's weights file; see `release_weights_file`.
+        self._weights_file = str(model)[: -len(".xml")] + ".bin" if str(model).endswith(".xml") else None
         self._names = llama.input_names(shape.layers)
         self._bound: tuple[F32, F32, int] | None = None  # cache buffers bound for decode steps
+
+    def release_weights_file(self) -> bool:
+        """Give the kernel back the resident pages of the saved network's weights file, once every
+        kind of forward has run (`file_pages.release`: about the file's size for SmolLM2). The
+        CPU plugin works from its own repacked copy by then; a page read later comes back from the
+        file. True when the pages were released."""
+        return self._weights_file is not None and file_pages.release(self._weights_file) > 0
 
     def run(
         self,

@@ -6,6 +6,9 @@ import asyncio
 import dataclasses
 import json
 import math
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -411,3 +414,52 @@ def test_smollm2_on_int8_activations_stays_close_to_float32(smol: tuple[LoadedMo
     kl = (np.exp(le) * (le - lf)).sum(-1)
     agree = (exact.argmax(-1) == fast.argmax(-1)).mean()
     assert kl.mean() < 0.02 and kl.max() < 0.2 and agree >= 0.9, (kl.mean(), kl.max(), agree)
+
+
+_RELEASE_SCRIPT = """
+import json, os, sys
+import numpy as np
+from localtgi import file_pages, prefill
+from localtgi.decode_batch import DecodeBatch
+from localtgi.models import load_model
+from localtgi.network import Network
+
+lm = load_model("smollm2")
+weights = str(lm.network)[: -len(".xml")] + ".bin"
+net = Network(lm.network, lm.shape, threads=1)
+prompt = lm.tokenizer.encode("The capital of France is")
+
+def next_logits():
+    [(first, cache)] = prefill.prefill_many(net, [prompt])
+    batch = DecodeBatch(net)
+    batch.add([cache])
+    return first, batch.step([int(first.argmax())])[0].copy()
+
+before = next_logits()
+resident = file_pages.resident_bytes(weights)
+released = net.release_weights_file()
+after_release = file_pages.resident_bytes(weights)
+after = next_logits()
+print(json.dumps({
+    "size": os.path.getsize(weights), "resident": resident, "released": released,
+    "after_release": after_release, "after_forwards": file_pages.resident_bytes(weights),
+    "same": all(np.array_equal(a, b) for a, b in zip(before, after)),
+}))
+"""
+
+
+def test_smollm2_weights_file_pages_are_given_back(smol: tuple[LoadedModel, list[str]]) -> None:
+    """After one prefill and one decode step the CPU plugin works from its own copy of the
+    weights: the mapped file's pages are released (about the file's size of resident memory)
+    and later forwards give the same logits, reading back only a little of the file.
+    In a process of its own: a second mapping of the file in this one would keep the pages."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    out = subprocess.run(
+        [sys.executable, "-c", _RELEASE_SCRIPT], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert r["resident"] > 0.8 * r["size"], r  # the forwards had read the whole file
+    assert r["released"] and r["after_release"] < 0.05 * r["size"], r
+    assert r["same"], r
+    assert r["after_forwards"] < 0.2 * r["size"], r
