@@ -3,10 +3,11 @@
 Use one `Engine` per loaded model. `submit` a tokenized prompt with its `SamplingParams` from the
 event loop and iterate the returned `GenerationStream`: `TokenEvent`s, the last one carrying the
 `FinishEvent`. All model work runs in one worker thread, which compiles the OpenVINO network
-(`network.Network`), runs one prefill and one decode step (then the network's weights file is no
-longer read, and its pages are given back: `file_pages`) and then loops: admit waiting requests (each prompt prefilled on its own, its
-first token sent at once, `prefill`), drop cancelled and finished rows, then run one batched
-decode step for every active row (`decode_batch.DecodeBatch`). Requests join and leave between
+(`network.Network`), runs one prefill and one decode step (after which the network's weights file
+is no longer read, and its pages are given back: `file_pages`) and then loops: admit waiting
+requests (each prompt prefilled on its own, its first token sent at once, `prefill`), drop
+cancelled and finished rows, then run one batched decode step for every active row
+(`decode_batch.DecodeBatch`). Requests join and leave between
 steps; a cancelled stream leaves at the next step. Each request samples from its own numpy
 generator (`sampling.TokenChooser`) over the network's logits. A prompt's prefill never depends on
 other requests, and by default a decode row's logits are bit-identical alone or in any batch, so a
