@@ -26,7 +26,7 @@ from .config import Settings
 from .core import Core, build_core
 from .drain import Drain
 from .errors import InfernetTGIError
-from .jobroute import JobRoute
+from .jobroute import BODY_TIMEOUT, JobRoute
 from .jobservice import JobService, Runtime, json_bytes
 from .metrics import Metrics
 from .relay import Relay
@@ -52,9 +52,11 @@ def create_app(
     sleep: Sleep | None = None,
     upstream: Upstream | None = None,
     drain: Drain | None = None,
+    body_timeout: float = BODY_TIMEOUT,
 ) -> Quart:
-    """A ready-to-serve app. `drain` is the worker's shutdown grace period (see `worker`); `sleep` and
-    `upstream` are for tests (retry waits, a fake backend)."""
+    """A ready-to-serve app. `drain` is the worker's shutdown grace period (see `worker`); `sleep`,
+    `upstream` and `body_timeout` are for tests (retry waits, a fake backend, a shorter wait for a
+    job body that stops arriving)."""
     app = Quart("infernet_tgi")
     drain = drain if drain is not None else Drain(settings.shutdown_grace)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
@@ -160,7 +162,7 @@ def create_app(
     document_routes(app)  # GET /openapi.json and /docs, from the routes above
     # Quart's documented way to put ASGI middleware in front of an app (Quart.asgi_app's docstring).
     app.asgi_app = JobRoute(  # type: ignore[method-assign,assignment]
-        app.asgi_app, jobs, max_body=settings.max_body_bytes
+        app.asgi_app, jobs, max_body=settings.max_body_bytes, body_timeout=body_timeout
     )
     return app
 

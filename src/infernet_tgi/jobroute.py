@@ -42,10 +42,13 @@ class _ClientGone(Exception):
 class JobRoute:
     """ASGI middleware serving `POST /service_output` with `service`, everything else with `app`."""
 
-    def __init__(self, app: ASGIApp, service: JobService, *, max_body: int) -> None:
+    def __init__(
+        self, app: ASGIApp, service: JobService, *, max_body: int, body_timeout: float = BODY_TIMEOUT
+    ) -> None:
         self._app = app
         self._service = service
         self._max_body = max_body
+        self._body_timeout = body_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
@@ -80,7 +83,8 @@ class JobRoute:
                 await _whole(send, exc.status, error_bytes(exc.status, *_name_and_cause(exc)))
                 return
             except _BodyTimeout:
-                await _whole(send, 408, error_bytes(408, "Request Timeout", _BODY_LATE))
+                late = f"the request body did not arrive within {self._body_timeout:g} s"
+                await _whole(send, 408, error_bytes(408, "Request Timeout", late))
                 return
             except _ClientGone:
                 return
@@ -114,7 +118,7 @@ class JobRoute:
         if message.get("more_body", False):
             parts, size = [body], len(body)
             try:
-                async with asyncio.timeout(BODY_TIMEOUT):
+                async with asyncio.timeout(self._body_timeout):
                     while True:
                         if size > limit:
                             raise _too_large(limit)
@@ -135,10 +139,7 @@ class JobRoute:
 
 
 class _BodyTimeout(Exception):
-    """The body did not arrive within BODY_TIMEOUT."""
-
-
-_BODY_LATE = f"the request body did not arrive within {BODY_TIMEOUT:g} s"
+    """The body did not arrive within the body timeout."""
 
 
 def _too_large(limit: int) -> PayloadTooLargeError:

@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 
@@ -188,6 +190,31 @@ async def test_a_stream_that_ends_normally_gives_its_connection_back() -> None:
             deltas = [d async for d in stream]
             assert "".join(d.text for d in deltas) == "t0 t1 t2 " and deltas[-1].finish_reason == "length"
         assert server.connections == 1
+
+
+async def test_a_refused_address_falls_back_to_the_hosts_next_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def handler(head: bytes, writer: asyncio.StreamWriter, index: int) -> bool:
+        writer.write(answer(b"{}"))
+        return True
+
+    with socket.socket() as closed:  # bound, never listening: connecting to it is refused
+        closed.bind(("127.0.0.1", 0))
+        refused = closed.getsockname()[1]
+        async with raw_server(handler) as server, HTTPClient(timeout=5) as client:
+            live = int(server.url.rsplit(":", 1)[1])
+            resolved = [(socket.AF_INET, ("127.0.0.1", refused)), (socket.AF_INET, ("127.0.0.1", live))]
+
+            async def addresses(host: str, port: int) -> list[tuple[int, tuple[Any, ...]]]:
+                return resolved  # a name with two addresses, the first one down
+
+            monkeypatch.setattr(client, "_addresses", addresses)
+            assert (await client.get("http://upstream.test/info")).status == 200
+            assert server.connections == 1
+            assert b"Host: upstream.test\r\n" in server.heads[0]
+
+            resolved = resolved[:1]  # every address refuses (another port: no idle connection to reuse)
+            with pytest.raises(UpstreamUnavailableError, match="unreachable at http://upstream.test:1/"):
+                await client.get("http://upstream.test:1/info")
 
 
 async def test_url_credentials_become_basic_authorization() -> None:

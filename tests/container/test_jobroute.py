@@ -3,6 +3,7 @@ Quart view does, with the body limit, bearer check and disconnects handled on a 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Iterator
@@ -13,6 +14,8 @@ import pytest
 
 from containerkit import RunningContainer, env_for
 from faketgi import FakeTGI, Ok
+from infernet_tgi.app import create_app
+from infernet_tgi.config import Settings
 
 JOB = {"source": 1, "destination": 1, "data": {"text": "hi"}}
 BODIES: list[bytes] = [
@@ -97,3 +100,30 @@ def _in_flight(url: str) -> float:
         if line.startswith("infernet_tgi_jobs_in_flight "):
             return float(line.split()[1])
     raise AssertionError("no in-flight gauge")
+
+
+async def test_a_body_that_stops_arriving_is_a_408(fake: FakeTGI) -> None:
+    app = create_app(Settings.from_env(env_for(fake.url)), body_timeout=0.2)
+    parts = [{"type": "http.request", "body": b'{"source": 1, ', "more_body": True}]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        if parts:
+            return parts.pop(0)
+        await asyncio.Event().wait()  # the rest of the body never comes
+        raise AssertionError("unreachable")
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/service_output", "root_path": "", "headers": []}
+    started = time.monotonic()
+    await app(scope, receive, send)  # the app's own ASGI entry: JobRoute in front of Quart
+    assert time.monotonic() - started < 2
+    assert sent[0]["status"] == 408
+    assert json.loads(sent[1]["body"]) == {
+        "code": "408",
+        "name": "Request Timeout",
+        "description": "the request body did not arrive within 0.2 s",
+    }
+    assert fake.requests == []  # nothing went upstream
