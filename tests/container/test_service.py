@@ -160,3 +160,28 @@ async def test_metrics_count_jobs_by_outcome(client: Client) -> None:
     assert 'infernet_tgi_jobs_total{destination="offchain",outcome="400",source="offchain"} 1.0' in text
     assert "infernet_tgi_upstream_latency_seconds_bucket" in text
     assert "infernet_tgi_jobs_in_flight 0.0" in text
+
+
+async def test_operator_defaults_are_checked_once_and_every_job_gets_its_own_copy(
+    app_for: Any, fake: FakeTGI
+) -> None:
+    # Defaults TGI refuses on streams only (best_of > 1): off-chain jobs pass, every stream job
+    # is refused, the second as the first (a refusal is not cached as a success).
+    kw = {"max_new_tokens": 16, "best_of": 2, "do_sample": True}
+    client = await app_for(env_for(fake.url, TGI_INF_WORKFLOW_KW_ARGS=kw))
+    stream_job = {"source": 1, "destination": 2, "data": {"text": "a"}}
+    for _ in range(2):
+        status, result, _ = await post(client, {"source": 1, "destination": 1, "data": {"text": "a"}})
+        assert status == 200 and result["output"] == "echo: a"
+        assert fake.requests[-1].body["parameters"] == {
+            "max_new_tokens": 16, "best_of": 2, "do_sample": True, "details": True
+        }
+        status, result, _ = await post(client, stream_job)
+        assert status == 422
+        assert "`best_of` != 1 is not supported when streaming tokens" in result["description"]
+    # a job's own parameters still merge over the defaults, and leave the next job's untouched
+    own = {"text": "b", "parameters": {"best_of": 1, "seed": 3}}
+    status, _, _ = await post(client, {"source": 1, "destination": 1, "data": own})
+    assert status == 200 and fake.requests[-1].body["parameters"]["seed"] == 3
+    await post(client, {"source": 1, "destination": 1, "data": {"text": "c"}})
+    assert "seed" not in fake.requests[-1].body["parameters"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator, Mapping
-from typing import cast
+from typing import Any, cast
 
 import httptools
 
@@ -19,22 +19,42 @@ HIGH_WATER = 1 << 20  # bytes of body buffered before reading from the socket pa
 
 
 class Headers(Mapping[str, str]):
-    """Response headers, looked up case-insensitively (the first value of a repeated name)."""
+    """Response headers, looked up case-insensitively (the first value of a repeated name).
+
+    A lookup scans the few pairs an answer has; the name -> value table is built only when the
+    headers are iterated (most answers are read for one header, or none)."""
 
     def __init__(self, pairs: list[tuple[bytes, bytes]]) -> None:
-        self._map: dict[str, str] = {}
-        for name, value in pairs:
-            self._map.setdefault(name.decode("latin-1").lower(), value.decode("latin-1"))
+        self._pairs = pairs
+        self._table: dict[str, str] | None = None
 
     def __getitem__(self, name: str) -> str:
-        return self._map[name.lower()]
+        wanted = name.lower().encode("latin-1")
+        for key, value in self._pairs:
+            if key.lower() == wanted:
+                return value.decode("latin-1")
+        raise KeyError(name)
+
+    def get(self, name: str, default: Any = None) -> Any:  # no KeyError raised on the usual miss
+        wanted = name.lower().encode("latin-1")
+        for key, value in self._pairs:
+            if key.lower() == wanted:
+                return value.decode("latin-1")
+        return default
+
+    def _map(self) -> dict[str, str]:
+        if self._table is None:
+            table: dict[str, str] = {}
+            for key, value in self._pairs:
+                table.setdefault(key.decode("latin-1").lower(), value.decode("latin-1"))
+            self._table = table
+        return self._table
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._map)
+        return iter(self._map())
 
     def __len__(self) -> int:
-        return len(self._map)
-
+        return len(self._map())
 
 
 class Connection(asyncio.Protocol):
