@@ -30,6 +30,9 @@ ASGIApp = Callable[..., Awaitable[None]]  # Quart's `asgi_app`, typed with its o
 
 PATH = "/service_output"
 BODY_TIMEOUT = 60.0  # seconds to receive a request body once it has begun (Quart's default too)
+# Seconds a job runs before a task starts watching for its client's disconnect: a client that hangs
+# up is noticed at most this late, and the many jobs answered sooner never pay for the task.
+WATCH_AFTER = 0.02
 _JSON_TYPE = (b"content-type", b"application/json")
 _TEXT_TYPE = (b"content-type", b"text/plain; charset=utf-8")
 _END = {"type": "http.response.body", "body": b"", "more_body": False}
@@ -62,6 +65,7 @@ class JobRoute:
         task = asyncio.current_task()
         assert task is not None
         watcher: asyncio.Task[None] | None = None
+        timer: asyncio.TimerHandle | None = None
         gone = False
 
         def hung_up() -> None:
@@ -69,13 +73,18 @@ class JobRoute:
             gone = True
             task.cancel()
 
+        def watch() -> None:
+            nonlocal watcher
+            watcher = asyncio.create_task(_watch(receive, hung_up))
+
         try:
             try:
                 authorization, length = _headers(scope["headers"])
                 self._service.check_bearer(authorization)
                 raw = await self._body(receive, length)
-                # Quart cancels a job whose client went away; so does this watcher.
-                watcher = asyncio.create_task(_watch(receive, hung_up))
+                # Quart cancels a job whose client went away; so does a watcher task, started for a
+                # job still running after WATCH_AFTER (a task per job was a tenth of a fast job's CPU).
+                timer = asyncio.get_running_loop().call_later(WATCH_AFTER, watch)
                 answer = await self._service.answer(raw)
             except InfernetTGIError as exc:
                 if exc.status >= 500:
@@ -104,6 +113,8 @@ class JobRoute:
                 raise
             task.uncancel()  # our own cancellation: the client left, nothing more to do
         finally:
+            if timer is not None:
+                timer.cancel()
             if watcher is not None:
                 watcher.cancel()
 
