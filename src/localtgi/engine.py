@@ -5,14 +5,14 @@ event loop and iterate the returned `GenerationStream`: `TokenEvent`s, the last 
 `FinishEvent`. All model work runs in one worker thread, which compiles the OpenVINO network
 (`network.Network`), runs one prefill and one decode step (after which the network's weights file
 is no longer read, and its pages are given back: `file_pages`) and then loops: admit waiting
-requests (each prompt prefilled on its own, its first token sent at once, `prefill`), drop
-cancelled and finished rows, then run one batched decode step for every active row
-(`decode_batch.DecodeBatch`). Requests join and leave between
-steps; a cancelled stream leaves at the next step. Each request samples from its own numpy
-generator (`sampling.TokenChooser`) over the network's logits. A prompt's prefill never depends on
-other requests, and by default a decode row's logits are bit-identical alone or in any batch, so a
-seeded request gives the same text either way (with `exact`, up to float rounding). Events
-reach asyncio via `call_soon_threadsafe`. When idle the worker sleeps on a condition variable.
+requests (prompts that arrive together share prefill forwards, and each one's first token goes out
+as its forward ends: `prefill`), drop cancelled and finished rows, then run one batched decode
+step for every active row (`decode_batch.DecodeBatch`). Requests join and leave between steps; a
+cancelled stream leaves at the next step. Each request samples from its own numpy generator
+(`sampling.TokenChooser`) over the network's logits. By default a prompt's prefill and a decode
+row's logits are bit-identical alone or in any batch, so a seeded request gives the same text
+either way (with `exact`, up to float rounding). Events reach asyncio via
+`call_soon_threadsafe`. When idle the worker sleeps on a condition variable.
 
 If the worker itself dies (the network does not compile, or an error escapes a step's own
 handling), the engine is dead for good: the failure is logged once, `failure` holds TGI's
@@ -312,17 +312,19 @@ class Engine:
     ) -> None:
         kvs: list[prefill_mod.RowCache] = []
         joined: list[_Sequence] = []
-        for seq in admitted:
-            if seq.stream.cancelled:
-                continue
+        live = [seq for seq in admitted if not seq.stream.cancelled]
+        for group in prefill_mod.groups([seq.prompt for seq in live], prefix):
+            seqs = [live[i] for i in group]
             try:
-                logits, kv = prefill_mod.prefill(net, seq.prompt, prefix)
-            except Exception as exc:  # noqa: BLE001 - only this request fails
-                self._fail(seq, GenerationError(f"{type(exc).__name__}: {exc}"))
+                results = prefill_mod.prefill_group(net, [seq.prompt for seq in seqs], prefix)
+            except Exception as exc:  # noqa: BLE001 - only these requests fail
+                for seq in seqs:
+                    self._fail(seq, GenerationError(f"{type(exc).__name__}: {exc}"))
                 continue
-            if self._advance_or_fail(seq, logits):  # its first token goes out at once
-                kvs.append(kv)
-                joined.append(seq)
+            for seq, (logits, kv) in zip(seqs, results, strict=True):
+                if self._advance_or_fail(seq, logits):  # first tokens go out as each forward ends
+                    kvs.append(kv)
+                    joined.append(seq)
         # Joined first: if merging fails, _fail_all reaches them too.
         self._active.extend(joined)
         batch.add(kvs)

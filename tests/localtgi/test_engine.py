@@ -23,7 +23,7 @@ from localtgi.engine import Engine, GenerationStream
 from localtgi.engine_types import FinishEvent, GrammarSpec, SamplingParams, TokenEvent
 from localtgi.errors import GenerationError, IncompleteGenerationError
 from localtgi.models import LoadedModel, load_model
-from localtgi.network import Network
+from localtgi.network import Network, bucket
 from localtgi.sampling import watermark_z_score
 from localtgi.weights import dequantized_copy
 
@@ -341,6 +341,41 @@ def test_prefill_with_chat_prefix_matches_plain_forward(
         assert cache[0].shape[2] == len(p)
 
 
+def test_prompts_that_arrive_together_share_forwards_of_bounded_size(tiny: LoadedModel) -> None:
+    head = prefill.chat_prefix_ids(tiny.tokenizer)
+    short = [list(head) + [5] * n for n in (3, 7, 8)]  # 8 wide after the head
+    wider = [list(head) + [6] * n for n in (9, 16)]  # 16 wide
+    plain = [[7] * 5]  # no head: a group of its own even though it is 8 wide
+    long = [[8] * (prefill.PREFILL_TOKENS + 1)]
+    prompts = [*short, *wider, *plain, *long, *wider, *wider]
+    prefix = prefill.Prefix(ids=head, cache=(np.zeros(0, np.float32), np.zeros(0, np.float32)))
+    # 8 wide: up to 8 a forward; 16 wide: up to 4; the long prompt and the headless one alone
+    assert prefill.groups(prompts, prefix) == [[0, 1, 2], [3, 4, 7, 8], [5], [6], [9, 10]]
+    assert prefill.groups([], prefix) == []
+    for group in prefill.groups(prompts, None):  # without the head every prompt is its own length
+        widths = {bucket(len(prompts[i]), 8) for i in group}
+        assert len(widths) == 1 and (len(group) == 1 or len(group) * widths.pop() <= prefill.GROUP_TOKENS)
+    assert sorted(i for g in prefill.groups(prompts, None) for i in g) == list(range(len(prompts)))
+
+
+@pytest.mark.parametrize("with_head", [True, False])
+def test_fast_prefill_rows_are_identical_to_each_prompt_alone(tiny: LoadedModel, with_head: bool) -> None:
+    """Prompts sharing a forward get bit for bit the logits and cache of their own forward."""
+    fast = Network(tiny.network, tiny.shape, threads=1)
+    head = prefill.chat_prefix_ids(tiny.tokenizer)
+    prefix = prefill.compute_prefix(fast, head) if with_head else None
+    start = list(head) if with_head else []
+    prompts = [start + ids(tiny, t) for t in ("Hello world", "The capital of France is", "x y z", "42")]
+    [group] = prefill.groups(prompts, prefix)
+    assert len(group) == 4
+    together = prefill.prefill_group(fast, prompts, prefix)
+    for prompt, (logits, (keys, values)) in zip(prompts, together, strict=True):
+        alone_logits, (alone_keys, alone_values) = prefill.prefill(fast, prompt, prefix)
+        assert np.array_equal(logits, alone_logits)
+        assert np.array_equal(keys, alone_keys) and np.array_equal(values, alone_values)
+        assert keys.shape[2] == len(prompt)
+
+
 # ----- SmolLM2: one loaded model, real text ------------------------------------------------------
 
 
@@ -422,7 +457,7 @@ import numpy as np
 from localtgi import file_pages, prefill
 from localtgi.decode_batch import DecodeBatch
 from localtgi.models import load_model
-from localtgi.network import Network
+from localtgi.network import Network, bucket
 
 lm = load_model("smollm2")
 weights = str(lm.network)[: -len(".xml")] + ".bin"
@@ -463,3 +498,18 @@ def test_smollm2_weights_file_pages_are_given_back(smol: tuple[LoadedModel, list
     assert r["released"] and r["after_release"] < 0.05 * r["size"], r
     assert r["same"], r
     assert r["after_forwards"] < 0.2 * r["size"], r
+
+
+def test_smollm2_prompts_sharing_a_forward_get_their_own_results(smol: tuple[LoadedModel, list[str]]) -> None:
+    """The real model's kernels (larger than the tiny model's): chat prompts prefilled four to a
+    forward after the shared head equal their own forwards bit for bit."""
+    lm, _ = smol
+    fast = Network(lm.network, lm.shape, threads=1)
+    prefix = prefill.compute_prefix(fast, prefill.chat_prefix_ids(lm.tokenizer))
+    questions = ("Hi!", "Why?", "What is 2+2?", "Who wrote Hamlet?", "How far is the moon?", "Say yes.")
+    prompts = [chat(lm, q) for q in questions]
+    assert prefill.groups(prompts, prefix) == [[0, 1], [2, 3, 4, 5]]  # 8 and 16 tokens wide
+    together = prefill.prefill_many(fast, prompts, prefix)
+    for prompt, (logits, (keys, _)) in zip(prompts, together, strict=True):
+        alone_logits, (alone_keys, _) = prefill.prefill(fast, prompt, prefix)
+        assert np.array_equal(logits, alone_logits) and np.array_equal(keys, alone_keys)
