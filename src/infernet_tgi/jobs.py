@@ -34,6 +34,7 @@ from .protocol import (
     OutputConstraints,
 )
 
+_NO_CONSTRAINTS = OutputConstraints()  # frozen: shared by every job without parameters
 # Ritual's reference words lead (its test suite looks for them); the rest says what to change.
 _NO_PROOF = (
     "Proofs are not supported for TGI Client Inference Service without an attestation key "
@@ -89,7 +90,7 @@ class JobReader:
         plain = self._plain.get(streaming)
         if plain is None:  # raises, uncached, when the defaults themselves break a rule
             plain = self._plain[streaming] = merge_parameters(self.settings, None, streaming=streaming)
-        return dict(plain)  # the caller's own: it pops `grammar`
+        return dict(plain)  # a fresh top level per job: callers pop and add keys, never edit values
 
 
 def _parse(body: Any, settings: Settings, parameters_for: Callable[..., dict[str, Any]]) -> Job:
@@ -153,7 +154,7 @@ def split_constraints(
 ) -> tuple[dict[str, Any] | None, OutputConstraints]:
     """Our constraint keys (`response_pool`, `json_format`, ...) apart from TGI's parameters."""
     if not parameters:
-        return parameters, OutputConstraints()
+        return parameters, _NO_CONSTRAINTS
     ours = {k: v for k, v in parameters.items() if k in OutputConstraints.NAMES}
     try:
         wanted = OutputConstraints.model_validate(ours)

@@ -140,7 +140,7 @@ class OutputConstraints(BaseModel):
     `response_pool` (the answer is exactly one of these strings), `json_format` (a simple
     field->type map, or a JSON schema when `json_format_is_json_schema`)."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
     response_pool: list[StrictStr] | None = Field(default=None, max_length=1024)
     json_format: dict[str, Any] | None = None
