@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import math
 import os
@@ -33,6 +34,8 @@ log = logging.getLogger("infernet_tgi")
 # Seconds uvicorn waits after the grace period for the answers it produced (JSON errors, stream ends)
 # to be written before it cancels what is left.
 _FLUSH = 3
+# Net allocations between young-generation collections (CPython's default: 700).
+GC_YOUNG = 7_000
 
 
 def run(settings: Settings, sock: socket.socket, *, parent_fd: int | None = None) -> int:
@@ -57,6 +60,14 @@ def run(settings: Settings, sock: socket.socket, *, parent_fd: int | None = None
         timeout_graceful_shutdown=math.ceil(settings.shutdown_grace) + _FLUSH,
     )
     server = uvicorn.Server(config)
+    # Everything imported and built so far lives as long as the process: moved out of the cyclic
+    # collector's reach, so its full collections (frequent with a thousand jobs in flight, whose
+    # objects live long enough to reach the oldest generation) walk the jobs' objects only; and
+    # young collections every GC_YOUNG allocations instead of 700 (measured: a quarter of the CPU
+    # per job at a thousand jobs in flight went to the collector, a tenth at 64).
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG)
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         runner.run(_serve(server, sock, drain, parent_fd))
     return 0
