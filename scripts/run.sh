@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # `make run`: localtgi (SmolLM2-135M on CPU) on 127.0.0.1:8080 and the container on 127.0.0.1:3000,
 # wired together. Ctrl-C stops both. Override with LOCALTGI_MODEL, LOCALTGI_PORT, CONTAINER_PORT and any
-# TGI_INF_* setting (TGI_INF_WORKFLOW_KW_ARGS replaces the default below).
+# TGI_INF_* setting (TGI_INF_WORKFLOW_KW_ARGS replaces the default below). LOCALTGI_ARGS adds flags to
+# localtgi; its default, `--exact`, runs float32 activations: answers match a float run of the same 4-bit
+# weights, at the cost of throughput when many streams decode together (set it to "" for int8 activations).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-.venv/bin/python}"  # the venv `make deps` fills; PYTHON overrides (tests)
@@ -26,7 +28,8 @@ wait_for() {  # url, name, pid, seconds
   done
 }
 
-$PY -m localtgi --model-id "$MODEL" --hostname 127.0.0.1 --port "$TGI_PORT" &
+read -r -a EXTRA <<< "${LOCALTGI_ARGS---exact}"
+$PY -m localtgi --model-id "$MODEL" --hostname 127.0.0.1 --port "$TGI_PORT" "${EXTRA[@]}" &
 pids+=($!)
 # The first run converts SmolLM2's GGUF into a local cache (progress above); later starts take seconds.
 wait_for "http://127.0.0.1:$TGI_PORT/health" localtgi "${pids[0]}" 600

@@ -205,7 +205,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     app = create_app(settings, model)
 
     def announce(port: int) -> None:
-        print(f"localtgi ready: model {model.model_id} on {url_for(settings.hostname, port)}", flush=True)
+        activations = "float32" if settings.exact else "int8"
+        print(
+            f"localtgi ready: model {model.model_id} on {url_for(settings.hostname, port)}"
+            f" ({activations} activations)",
+            flush=True,
+        )
 
     try:
         asyncio.run(serve(app, settings, ready=announce))

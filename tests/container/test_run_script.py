@@ -64,6 +64,8 @@ def test_run_script_keeps_a_user_kw_args_value_intact() -> None:
             assert time.monotonic() < deadline, "".join(seen)
         else:
             raise AssertionError("run.sh exited before ready:\n" + "".join(seen))
+        # make run's localtgi answers as a float run of its weights would (LOCALTGI_ARGS unset)
+        assert any(s.startswith("localtgi ready") and "(float32 activations)" in s for s in seen), seen
         answer = _post(
             f"http://127.0.0.1:{port}/service_output",
             {"source": 1, "destination": 1, "data": {"text": "Hello"}},

@@ -35,7 +35,8 @@ def until_ready(proc: subprocess.Popen[str]) -> tuple[list[str], str]:
         lines.append(line)
         if line.startswith("localtgi ready"):
             break
-    ready = re.fullmatch(r"localtgi ready: model \S+ on (http://127\.0\.0\.1:\d+)\n", lines[-1])
+    pattern = r"localtgi ready: model \S+ on (http://127\.0\.0\.1:\d+) \((?:int8|float32) activations\)\n"
+    ready = re.fullmatch(pattern, lines[-1])
     assert ready, lines
     return lines, ready.group(1)
 
