@@ -12,7 +12,7 @@ Prints the rows of the README's table:
   * the naive reference's single-stream throughput and resident memory.
 
 Usage: flock /tmp/bench.lock .venv/bin/python scripts/bench_localtgi.py [--model-id smollm2]
-       [--streams 16] [--new-tokens 96] [--threads 1] [--first-start]
+       [--streams 16] [--new-tokens 96] [--threads 1] [--first-start] [--exact]
 Absolute numbers depend on the box (2 shared cores here, and the load average is printed): compare
 rows measured in the same run.
 """
@@ -82,7 +82,7 @@ def params(new_tokens: int, seed: int) -> SamplingParams:
 
 
 async def bench_engine(lm: LoadedModel, args: argparse.Namespace) -> dict[str, float]:
-    engine = Engine(lm, max_batch_size=args.streams, threads=args.threads)
+    engine = Engine(lm, max_batch_size=args.streams, threads=args.threads, exact=args.exact)
     await engine.start()
     ps = prompts(lm, args.streams)
     n = args.new_tokens
@@ -191,8 +191,9 @@ def reference_main(args: argparse.Namespace) -> None:
     print(f"{tokens / (time.perf_counter() - start):.2f} {rss_mb():.1f}")
 
 
-def start_seconds(model_id: str, threads: int, cache: str | None) -> float:
-    """Seconds from launching `python -m localtgi` to /health answering 200."""
+def start_seconds(model_id: str, threads: int, cache: str | None) -> tuple[float, float]:
+    """Seconds from launching `python -m localtgi` to /health answering 200, and to the first
+    generated token (the network compiles and warms up in the model thread after /health is up)."""
     env = dict(os.environ)
     if cache is not None:
         env["LOCALTGI_CACHE"] = cache
@@ -209,7 +210,10 @@ def start_seconds(model_id: str, threads: int, cache: str | None) -> float:
             if ready:
                 while httpx.get(f"{ready.group(1)}/health", timeout=10).status_code != 200:
                     time.sleep(0.05)
-                return time.perf_counter() - start
+                healthy = time.perf_counter() - start
+                body = {"inputs": "Hello", "parameters": {"max_new_tokens": 1}}
+                httpx.post(f"{ready.group(1)}/generate", json=body, timeout=120).raise_for_status()
+                return healthy, time.perf_counter() - start
         raise RuntimeError(f"localtgi exited with {proc.wait()}")
     finally:
         proc.terminate()
@@ -225,13 +229,16 @@ def main() -> None:
     parser.add_argument("--probes", type=int, default=8)
     parser.add_argument("--baseline-requests", type=int, default=2)
     parser.add_argument("--first-start", action="store_true", help="also time a start from an empty cache")
+    parser.add_argument("--exact", action="store_true", help="float32 activations (localtgi --exact)")
     parser.add_argument("--reference-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.reference_only:
         reference_main(args)
         return
     lm = load_model(args.model_id, progress=lambda m: print(f"  {m}", file=sys.stderr))
-    print(f"model {lm.model_id}, {args.threads} thread(s), {args.new_tokens} new tokens/request")
+    activations = "float32" if args.exact else "int8"
+    print(f"model {lm.model_id}, {args.threads} thread(s), {activations} activations, "
+          f"{args.new_tokens} new tokens/request")
     print(f"box: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at start (shared box: noisy)")
     r = asyncio.run(bench_engine(lm, args))
     prepared = start_seconds(args.model_id, args.threads, None)
@@ -250,8 +257,11 @@ def main() -> None:
           f"{r['load_p50']:.2f}, {r['load_max']:.2f} s / {r['burst_p50']:.2f}, {r['burst_max']:.2f} s | - |")
     print(f"| resident memory, idle / after the benchmark | {r['idle_rss']:.0f} / {r['after_rss']:.0f} MB "
           f"| {baseline_rss:.0f} MB after {args.baseline_requests} requests |")
-    first_text = f"{first:.1f} s" if first is not None else "not measured (--first-start)"
-    print(f"| start, model prepared / first start | {prepared:.1f} s / {first_text} | - |")
+    first_text = "not measured (--first-start)"
+    if first is not None:
+        first_text = f"{first[0]:.1f} s (first token {first[1]:.1f} s)"
+    print(f"| start to /health 200, model prepared / first start | {prepared[0]:.1f} s (first token "
+          f"{prepared[1]:.1f} s) / {first_text} | - |")
     print(f"load average at end: {os.getloadavg()[0]:.2f}")
 
 
