@@ -4,8 +4,9 @@ Run `flock /tmp/bench.lock .venv/bin/python scripts/bench_servers.py`. It starts
 (0 ms answers, 200 ms answers, and 32-token streams at 5 ms a token) and, for each server in turn, the
 container's app (`infernet_tgi.app:create_app_from_env`) in front of them, all as separate processes
 on 127.0.0.1. "uvicorn" is the container's own launcher (`python -m infernet_tgi`: uvicorn's `Server`
-with httptools and uvloop on one SO_REUSEPORT socket per worker); hypercorn and granian run the same
-app through their own command lines with uvloop and the same backlog. Per server it prints:
+with httptools and uvloop on one SO_REUSEPORT socket per worker, and the worker's garbage-collector
+settings); hypercorn and granian run the same app through their own command lines with uvloop and the
+same backlog (and Python's default collector). Per server it prints:
 
 * CPU per job: the server's CPU time (every process of it) over jobs, concurrency 64, 0 ms backend;
 * added latency p50 at concurrency 1 (container minus calling the fake directly);
