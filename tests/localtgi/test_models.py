@@ -156,3 +156,16 @@ def test_default_cache_dir_env_override(monkeypatch: pytest.MonkeyPatch, tmp_pat
     assert default_cache_dir() == pathlib.Path.home() / ".cache" / "localtgi"
     monkeypatch.setenv("LOCALTGI_CACHE", str(tmp_path))
     assert default_cache_dir() == tmp_path
+
+
+def test_large_cache_blocks_are_zeroed_writable_and_contiguous() -> None:
+    """Large cache blocks are memory maps of their own (see NetworkShape.empty_cache): they must
+    behave as the numpy arrays the network binds without a copy."""
+    shape = NetworkShape(layers=30, kv_heads=3, head_dim=64, vocab_size=49152)
+    small, large = shape.empty_cache(1, 8), shape.empty_cache(16, 128)
+    for block, rows, length in ((small, 1, 8), (large, 16, 128)):
+        assert block.shape == (30, rows, 3, length, 64) and block.dtype == np.float32
+        assert block.flags.c_contiguous and block.flags.writeable and not block.any()
+    large[:, 3, :, 5] = 1.5
+    assert float(large.sum()) == 1.5 * 30 * 3 * 64
+    assert shape.empty_cache(0, 0).size == 0
