@@ -71,7 +71,7 @@ class JobRoute:
         reading = True  # the body is being received
         late = gone = False
         began = loop.time()
-        timer: asyncio.TimerHandle  # see tick
+        timer: asyncio.TimerHandle | None  # see tick and finally
 
         def hung_up() -> None:
             nonlocal gone
@@ -82,17 +82,20 @@ class JobRoute:
             nonlocal watcher
             watcher = asyncio.create_task(_watch(receive, hung_up))
 
-        def tick() -> None:
-            # One timer per job: the body's deadline while it is received, then the start of the
-            # watcher for a job still running after WATCH_AFTER.
-            nonlocal timer, late
-            if not reading:
-                watch()
-            elif loop.time() < began + self._body_timeout:
-                timer = loop.call_at(began + self._body_timeout, tick)
-            else:
+        def expire() -> None:
+            nonlocal late
+            if reading:
                 late = True
                 task.cancel()
+
+        def tick() -> None:
+            # One timer per job: the start of the watcher for a job still running after
+            # WATCH_AFTER, or, while the body is still being received, its deadline.
+            nonlocal timer
+            if reading:
+                timer = loop.call_at(began + self._body_timeout, expire)
+            else:
+                watch()
 
         timer = loop.call_at(began + min(WATCH_AFTER, self._body_timeout), tick)
         try:
@@ -138,6 +141,9 @@ class JobRoute:
             task.uncancel()  # our own cancellation: the client left, nothing more to do
         finally:
             timer.cancel()
+            # `tick` holds the timer (its cell) and the timer holds `tick`: cleared, that cycle and
+            # the request it refers to are freed by reference counting now, not by the collector.
+            timer = None
             if watcher is not None:
                 watcher.cancel()
 
