@@ -4,6 +4,7 @@ Quart view does, with the body limit, bearer check and disconnects handled on a 
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import time
 from collections.abc import Iterator
@@ -131,3 +132,23 @@ async def test_a_body_that_stops_or_never_starts_arriving_is_a_408(
         "description": "the request body did not arrive within 0.2 s",
     }
     assert fake.requests == []  # nothing went upstream
+
+
+async def test_jobs_leave_nothing_for_the_cyclic_collector(app_for: Any, fake: FakeTGI) -> None:
+    # A reference cycle per job is memory held until the next collection, which the worker makes
+    # rare (GC_YOUNG): every job's objects must go by reference counting when it ends.
+    client = await app_for(env_for(fake.url))
+    bodies = [JOB, {**JOB, "destination": 2}, {"source": 1, "destination": 1, "data": "zz"}]
+    for body in bodies:  # warm up: first-use caches are not garbage
+        await client.post("/service_output", json=body)
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        for _ in range(10):
+            for body in bodies:
+                response = await client.post("/service_output", json=body)
+                await response.get_data()
+        assert gc.collect() == 0, sorted({type(o).__qualname__ for o in gc.garbage})
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
