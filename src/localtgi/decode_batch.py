@@ -33,7 +33,8 @@ class DecodeBatch:
         self.clear()
 
     def clear(self) -> None:
-        """Drop every row."""
+        """Drop every row, and the cache's memory."""
+        self._network.unbind()
         self._keys: F32 = self._network.shape.empty_cache(0, 0)
         self._values: F32 = self._network.shape.empty_cache(0, 0)
         self._lengths = np.zeros(0, dtype=np.int64)  # cached tokens of each row = its next position

@@ -69,7 +69,11 @@ class NetworkShape:
         size = int(np.prod(shape)) * 4
         if size < _MAPPED_CACHE_BYTES:
             return np.zeros(shape, dtype=np.float32)
-        block: F32 = np.frombuffer(mmap.mmap(-1, size), dtype=np.float32).reshape(shape)  # zero-filled
+        if hasattr(mmap, "MAP_PRIVATE"):  # private, so that it counts as the process's own memory
+            mapped = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        else:
+            mapped = mmap.mmap(-1, size)
+        block: F32 = np.frombuffer(mapped, dtype=np.float32).reshape(shape)  # zero-filled
         return block
 
 
@@ -142,6 +146,18 @@ class Network:
         out = self._request.infer(feed, share_inputs=True)
         logits, keys, values = (np.array(out[i], copy=True) for i in range(3))
         return logits, keys, values
+
+    def unbind(self) -> None:
+        """Let go of the cache buffers bound for decode steps, so that their memory goes once the
+        caller drops them too (the decode batch calls this when it empties)."""
+        import openvino as ov
+
+        if self._bound is None:
+            return
+        self._bound = None
+        spare = ov.Tensor(np.zeros((1, self.shape.kv_heads, 1, self.shape.head_dim), dtype=np.float32))
+        for name in self._names[4:]:
+            self._request.set_tensor(name, spare)
 
     def decode(
         self, input_ids: I64, position_ids: I64, bias: F32, keys: F32, values: F32, rows: int
