@@ -152,7 +152,9 @@ class Inference:
     async def _collect(self, request: ValidRequest, clock: Clock) -> Generated:
         tokens: list[TokenEvent] = []
         finish: FinishEvent | None = None
-        stream = self.engine.submit(request.input_ids, request.params)
+        grammar = request.params.grammar
+        matcher = None if grammar is None else await self.engine.grammar_matcher(grammar)
+        stream = self.engine.submit(request.input_ids, request.params, matcher)
         try:
             async for event in stream:
                 if clock.first_token is None:

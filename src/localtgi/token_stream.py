@@ -57,7 +57,9 @@ class TokenStream:
                 return_full_text_default=self._return_full_text_default,
             )
             self.clock.validated = time.perf_counter()
-            stream = inference.engine.submit(self.request.input_ids, self.request.params)
+            grammar = self.request.params.grammar
+            matcher = None if grammar is None else await inference.engine.grammar_matcher(grammar)
+            stream = inference.engine.submit(self.request.input_ids, self.request.params, matcher)
             async for event in stream:
                 if self.clock.first_token is None:
                     self.clock.first_token = time.perf_counter()

@@ -10,6 +10,7 @@ import math
 import os
 import subprocess
 import sys
+import threading
 import weakref
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -105,6 +106,26 @@ async def seeded_alone_and_in_batch(tiny: LoadedModel, engine: Engine) -> None:
     assert results[2][1].generated_text == alone.generated_text
     assert results[2][1].seed == 42
     assert len({r[1].generated_text for r in results}) > 1
+
+
+async def test_grammars_compile_off_the_event_loop(tiny: LoadedModel, engine: Engine) -> None:
+    """A large JSON schema takes about a second to compile: the serving path compiles it in a worker
+    thread (`grammar_matcher`) and hands the matcher to `submit`."""
+    assert engine._grammar is not None
+    compile_here = engine._grammar.compile
+    threads: list[threading.Thread] = []
+
+    def recording(spec: GrammarSpec) -> Any:
+        threads.append(threading.current_thread())
+        return compile_here(spec)
+
+    engine._grammar.compile = recording  # type: ignore[method-assign]
+    spec = GrammarSpec(kind="regex", value="[ab]{1,3}")
+    matcher = await engine.grammar_matcher(spec)
+    params = SamplingParams(max_new_tokens=8, grammar=spec)
+    _, finish = await run(engine.submit(ids(tiny, "x"), params, matcher))
+    assert threads == [threads[0]] and threads[0] is not threading.current_thread()
+    assert finish.generated_text and set(finish.generated_text) <= {"a", "b"}
 
 
 async def test_random_seed_is_reported_and_reproduces(tiny: LoadedModel, engine: Engine) -> None:
