@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 from localtgi.errors import ModelLoadError
+from localtgi.json_files import read_object
 from localtgi.tokenizer import Tokenizer
 
 if TYPE_CHECKING:
@@ -365,14 +366,15 @@ def _convert(network: Any, model: Any) -> Any:
 
 def _json_config(path: pathlib.Path, *, missing_ok: bool = False) -> Any:
     """A saved transformers config read as plain JSON, its keys as attributes."""
-    if missing_ok and not path.is_file():
-        return None
+    rebuild = "; delete the directory to rebuild it"
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"cannot read {path}: {exc}; delete the directory to rebuild it") from exc
-    if not isinstance(data, dict):
-        raise ModelLoadError(f"{path} is not a JSON object; delete the directory to rebuild it")
+        data = read_object(path)
+    except ModelLoadError as exc:
+        raise ModelLoadError(f"{exc}{rebuild}") from exc
+    if data is None:
+        if missing_ok:
+            return None
+        raise ModelLoadError(f"cannot read {path}: no such file{rebuild}")
     return types.SimpleNamespace(**data)
 
 

@@ -34,6 +34,7 @@ from tokenizers import AddedToken
 from tokenizers import Tokenizer as RustTokenizer
 
 from localtgi.errors import ModelLoadError
+from localtgi.json_files import read_object
 
 _NAMED_SPECIALS = ("bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token", "mask_token")
 Message = Mapping[str, Any]
@@ -77,10 +78,10 @@ class Tokenizer:
             backend = RustTokenizer.from_file(str(root / "tokenizer.json"))
         except Exception as exc:  # noqa: BLE001 - the Rust error types are not public
             raise ModelLoadError(f"cannot read {root / 'tokenizer.json'}: {exc}") from exc
-        config = _read_json(root / "tokenizer_config.json")
+        config = read_object(root / "tokenizer_config.json") or {}
         specials = {
             name: text
-            for source in (config, _read_json(root / "special_tokens_map.json"))
+            for source in (config, read_object(root / "special_tokens_map.json") or {})
             for name, value in source.items()
             if name in _NAMED_SPECIALS and (text := _token_text(value)) is not None
         }
@@ -273,18 +274,6 @@ def _plain(value: Any) -> Any:
     return f"<{type(value).__name__}>"
 
 
-def _read_json(path: pathlib.Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"cannot read {path}: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ModelLoadError(f"{path} is not a JSON object")
-    return data
-
-
 def _token_text(value: Any) -> str | None:
     """A special token as saved: its text, or an AddedToken dict with `content`."""
     if isinstance(value, str):
@@ -322,7 +311,8 @@ def _chat_template(root: pathlib.Path, config: Mapping[str, Any]) -> str | None:
     jinja_file = root / "chat_template.jinja"
     if jinja_file.is_file():
         return jinja_file.read_text(encoding="utf-8")
-    for value in (_read_json(root / "chat_template.json").get("chat_template"), config.get("chat_template")):
+    saved = read_object(root / "chat_template.json") or {}
+    for value in (saved.get("chat_template"), config.get("chat_template")):
         if isinstance(value, str):
             return value
         if isinstance(value, list):

@@ -169,3 +169,16 @@ def test_large_cache_blocks_are_zeroed_writable_and_contiguous() -> None:
     large[:, 3, :, 5] = 1.5
     assert float(large.sum()) == 1.5 * 30 * 3 * 64
     assert shape.empty_cache(0, 0).size == 0
+
+
+def test_model_json_files_are_read_as_objects_or_refused_by_name(tmp_path: pathlib.Path) -> None:
+    from localtgi.json_files import read_object
+
+    assert read_object(tmp_path / "absent.json") is None
+    (tmp_path / "ok.json").write_text('{"a": 1}')
+    assert read_object(tmp_path / "ok.json") == {"a": 1}
+    for name, text, reason in (("bad.json", "{", "cannot read"), ("list.json", "[1]", "not a JSON object")):
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ModelLoadError, match=reason) as caught:
+            read_object(tmp_path / name)
+        assert name in str(caught.value)
