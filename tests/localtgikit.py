@@ -35,7 +35,7 @@ class RunningServer:
             self._loop = asyncio.get_running_loop()
             self._stop = asyncio.Event()
 
-            def ready(port: int) -> None:
+            def ready(port: int, _serving: bool) -> None:
                 self.port = port
                 self._ready.set()
 

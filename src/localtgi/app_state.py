@@ -61,6 +61,16 @@ def server() -> Server:
     return found
 
 
+async def until_settled(app: Any) -> bool:
+    """Wait until the app's engine has compiled and warmed up its network (True) or could not
+    (False: it died or was stopped first)."""
+    found: Server | None = app.extensions.get(EXTENSION)
+    if found is None:
+        return False
+    await found.engine.settled()
+    return found.healthy and found.engine.warm and found.engine.failure is None
+
+
 async def stop_generating(app: Any) -> None:
     """Mark the app unhealthy and stop its engine: unfinished requests fail with TGI's errors."""
     found: Server | None = app.extensions.get(EXTENSION)

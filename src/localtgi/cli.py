@@ -23,7 +23,7 @@ from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config
 from quart import Quart
 
-from localtgi.app_state import stop_generating
+from localtgi.app_state import stop_generating, until_settled
 from localtgi.errors import ModelLoadError, SettingsError
 from localtgi.settings import Settings
 
@@ -141,11 +141,13 @@ async def serve(
     settings: Settings,
     *,
     shutdown: asyncio.Event | None = None,
-    ready: Callable[[int], None] | None = None,
+    ready: Callable[[int, bool], None] | None = None,
 ) -> None:
     """Serve `app` with hypercorn on settings.hostname:port until `shutdown` is set (or, in the main
-    thread, SIGINT/SIGTERM arrive). `ready(port)` is called once the app has started; with port 0 it
-    tells the port the system chose. Raises OSError when the address cannot be bound.
+    thread, SIGINT/SIGTERM arrive). `ready(port, serving)` is called once the engine has compiled
+    and warmed up its network (`serving`) or failed to; with port 0 it tells the port the system
+    chose. The server answers from the start (/health with 503 until then, requests wait).
+    Raises OSError when the address cannot be bound.
 
     At shutdown the engine stops first (`app.stop_generating`): every stream in flight then ends
     with TGI's error event and every waiting request with its JSON error, well within hypercorn's
@@ -162,8 +164,11 @@ async def serve(
     config.graceful_timeout = 3.0
     if ready is not None:
 
+        async def announce_when_settled() -> None:
+            ready(port, await until_settled(app))
+
         async def announce() -> None:
-            ready(port)
+            app.add_background_task(announce_when_settled)
 
         app.before_serving(announce)
     loop = asyncio.get_running_loop()
@@ -204,7 +209,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     app = create_app(settings, model)
 
-    def announce(port: int) -> None:
+    def announce(port: int, serving: bool) -> None:
+        if not serving:  # the engine logged why; /health answers 503
+            return
         activations = "float32" if settings.exact else "int8"
         print(
             f"localtgi ready: model {model.model_id} on {url_for(settings.hostname, port)}"

@@ -127,10 +127,21 @@ class Engine:
     """Continuous-batching generation over one LoadedModel; model work runs in one worker thread."""
 
     def __init__(
-        self, model: LoadedModel, *, max_batch_size: int = 16, threads: int = 1, exact: bool = False
+        self,
+        model: LoadedModel,
+        *,
+        max_batch_size: int = 16,
+        threads: int = 1,
+        exact: bool = False,
+        open_network: Callable[[], Network] | None = None,
     ) -> None:
-        """`exact`: decode steps in float32 too, not on int8 activations (`network.Network`)."""
+        """`exact`: decode steps in float32 too, not on int8 activations (`network.Network`).
+        `open_network` compiles the network in the worker thread (default: `Network` over the
+        model's network with `threads` and `exact`)."""
         self.loaded = model
+        self._open_network = open_network or (
+            lambda: Network(model.network, model.shape, threads=threads, exact=exact)
+        )
         self.max_batch_size = max_batch_size
         self.threads = threads
         self.exact = exact
@@ -145,6 +156,8 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._grammar: GrammarCompiler | None = None
+        self.warm = False  # set by the worker once the network is compiled and has run
+        self._settled: asyncio.Event | None = None
 
     # ----- event-loop side -------------------------------------------------------------------
 
@@ -157,9 +170,16 @@ class Engine:
         self._grammar = await asyncio.to_thread(
             GrammarCompiler, lm.tokenizer, self.vocab_size, lm.eos_token_ids
         )
+        self._settled = asyncio.Event()
         self._running = True
         self._thread = threading.Thread(target=self._work, name="localtgi-engine", daemon=True)
         self._thread.start()
+
+    async def settled(self) -> None:
+        """Return once the worker has compiled and warmed up the network (`warm`), or has died
+        (`failure`), or was stopped. Requests submitted before then wait in the queue."""
+        if self._settled is not None:
+            await self._settled.wait()
 
     async def stop(self) -> None:
         """Stop the worker; every unfinished stream then raises IncompleteGenerationError."""
@@ -258,13 +278,15 @@ class Engine:
 
     def _work(self) -> None:
         try:
-            net = Network(self.loaded.network, self.loaded.shape, threads=self.threads, exact=self.exact)
+            net = self._open_network()
             # Every chat request starts with the template's opening (SmolLM2: a 24-token system
             # turn); prefilling it once cuts a typical chat prefill by more than half.
             ids = prefill_mod.chat_prefix_ids(self.loaded.tokenizer)
             prefix = prefill_mod.compute_prefix(net, ids) if len(ids) >= 4 else None
             batch = DecodeBatch(net)
             self._warm_up(net, batch, prefix)
+            self.warm = True
+            self._announce_settled()
             self._loop_until_stopped(net, batch, prefix)
         except BaseException as exc:  # noqa: BLE001 - the worker is gone; say so everywhere, once
             log.error("localtgi engine worker died: %s: %s", type(exc).__name__, exc, exc_info=exc)
@@ -273,6 +295,15 @@ class Engine:
                 self._running = False
         finally:
             self._shutdown()
+            self._announce_settled()
+
+    def _announce_settled(self) -> None:
+        loop, settled = self._loop, self._settled
+        if loop is not None and settled is not None and not loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(settled.set)
+            except RuntimeError:  # the loop closed between the check and the call
+                pass
 
     def _warm_up(self, net: Network, batch: DecodeBatch, prefix: prefill_mod.Prefix | None) -> None:
         """One prefill and one decode step before the first request, so that OpenVINO has read the

@@ -214,9 +214,10 @@ async def info() -> dict[str, Any]:
 @routes.get("/health")
 @routes.get("/ping")
 async def health() -> Response:
-    """200 with an empty body while the engine accepts work, else TGI's 503 healthcheck error."""
+    """200 with an empty body once the network is compiled and warmed up and while the engine
+    accepts work, else TGI's 503 healthcheck error."""
     srv = server()
-    healthy = srv.healthy
+    healthy = srv.healthy and srv.engine.warm
     if healthy:
         # Queue a one-token probe and withdraw it at once: submit refuses when the engine is down.
         probe = [min(srv.model.eos_token_ids)]

@@ -128,6 +128,45 @@ async def test_grammars_compile_off_the_event_loop(tiny: LoadedModel, engine: En
     assert finish.generated_text and set(finish.generated_text) <= {"a", "b"}
 
 
+async def test_requests_wait_for_the_warm_up_and_then_run(tiny: LoadedModel) -> None:
+    """Until the network is compiled and has run once the engine is not `warm` (/health answers
+    503); a request submitted meanwhile waits in the queue and runs afterwards."""
+    gate = threading.Event()
+
+    def slow_network() -> Network:
+        assert gate.wait(30)
+        return Network(tiny.network, tiny.shape, threads=1, exact=True)
+
+    eng = Engine(tiny, exact=True, open_network=slow_network)
+    await eng.start()
+    try:
+        stream = eng.submit([1, 2, 3], SamplingParams(max_new_tokens=3))
+        settled = asyncio.ensure_future(eng.settled())
+        await asyncio.sleep(0.05)
+        assert not eng.warm and not settled.done() and eng.waiting == 1
+        gate.set()
+        await asyncio.wait_for(settled, 30)
+        assert eng.warm and eng.failure is None
+        events, finish = await run(stream)
+        assert len(events) == 3 and finish.generated_tokens == 3
+    finally:
+        gate.set()
+        await eng.stop()
+
+
+async def test_a_network_that_fails_to_compile_settles_the_engine_dead(tiny: LoadedModel) -> None:
+    def broken() -> Network:
+        raise RuntimeError("no network here")
+
+    eng = Engine(tiny, open_network=broken)
+    await eng.start()
+    try:
+        await asyncio.wait_for(eng.settled(), 30)
+        assert not eng.warm and eng.failure is not None and "no network here" in eng.failure.message
+    finally:
+        await eng.stop()
+
+
 async def test_random_seed_is_reported_and_reproduces(tiny: LoadedModel, engine: Engine) -> None:
     prompt = ids(tiny, "Paris")
     _, first = await run(engine.submit(prompt, SamplingParams(do_sample=True, max_new_tokens=16)))
@@ -501,8 +540,10 @@ from localtgi.models import load_model
 from localtgi.network import Network, bucket
 
 lm = load_model("smollm2")
-weights = str(lm.network)[: -len(".xml")] + ".bin"
 net = Network(lm.network, lm.shape, threads=1)
+
+def resident():
+    return sum(file_pages.resident_bytes(f) for f in net.mapped_files)
 prompt = lm.tokenizer.encode("The capital of France is")
 
 def next_logits():
@@ -512,13 +553,15 @@ def next_logits():
     return first, batch.step([int(first.argmax())])[0].copy()
 
 before = next_logits()
-resident = file_pages.resident_bytes(weights)
+used = [f for f in net.mapped_files if file_pages.resident_bytes(f)]  # the .bin, or a compiled copy
+size = sum(os.path.getsize(f) for f in used)
+resident_before = resident()
 released = net.release_weights_file()
-after_release = file_pages.resident_bytes(weights)
+after_release = resident()
 after = next_logits()
 print(json.dumps({
-    "size": os.path.getsize(weights), "resident": resident, "released": released,
-    "after_release": after_release, "after_forwards": file_pages.resident_bytes(weights),
+    "used": used, "size": size, "resident": resident_before, "released": released,
+    "after_release": after_release, "after_forwards": resident(),
     "same": all(np.array_equal(a, b) for a, b in zip(before, after)),
 }))
 """
@@ -526,8 +569,9 @@ print(json.dumps({
 
 def test_smollm2_weights_file_pages_are_given_back(smol: tuple[LoadedModel, list[str]]) -> None:
     """After one prefill and one decode step the CPU plugin works from its own copy of the
-    weights: the mapped file's pages are released (about the file's size of resident memory)
-    and later forwards give the same logits, reading back only a little of the file.
+    weights: the pages of the file it mapped (the saved weights, or the compiled copy it loaded)
+    are released (about the file's size of resident memory) and later forwards give the same
+    logits, reading back only a little of the file.
     In a process of its own: a second mapping of the file in this one would keep the pages."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     out = subprocess.run(
@@ -535,7 +579,7 @@ def test_smollm2_weights_file_pages_are_given_back(smol: tuple[LoadedModel, list
     )
     assert out.returncode == 0, out.stderr[-2000:]
     r = json.loads(out.stdout.strip().splitlines()[-1])
-    assert r["resident"] > 0.8 * r["size"], r  # the forwards had read the whole file
+    assert r["used"] and r["resident"] > 0.8 * r["size"], r  # the forwards had read the whole file
     assert r["released"] and r["after_release"] < 0.05 * r["size"], r
     assert r["same"], r
     assert r["after_forwards"] < 0.2 * r["size"], r
