@@ -192,8 +192,8 @@ def reference_main(args: argparse.Namespace) -> None:
 
 
 def start_seconds(model_id: str, threads: int, cache: str | None) -> tuple[float, float]:
-    """Seconds from launching `python -m localtgi` to /health answering 200, and to the first
-    generated token (the network compiles and warms up in the model thread after /health is up)."""
+    """Seconds from launching `python -m localtgi` to /health answering 200 (once the network is
+    compiled, or loaded from its compiled copy, and warmed up), and to the first generated token."""
     env = dict(os.environ)
     if cache is not None:
         env["LOCALTGI_CACHE"] = cache

@@ -135,3 +135,35 @@ def test_objects_are_closed_like_tgi() -> None:
     assert closed["properties"]["c"]["items"]["additionalProperties"] is False
     assert closed["$defs"]["e"]["additionalProperties"] is True  # an explicit choice is kept
     assert "additionalProperties" not in schema["properties"]["a"]  # the request's schema is untouched
+
+
+async def test_a_hostile_regex_fails_its_request_quickly_without_echoing_the_grammar(
+    engine: Engine, tiny: LoadedModel
+) -> None:
+    """`x{1000}{1000}` builds a million-state lexer: llguidance gives up within the per-request
+    limits (`GrammarCompiler.LEXER_FUEL`, `LEXER_STATES`), the request fails with a short error
+    that repeats neither the grammar nor the parser's state, and the engine serves on."""
+    spec = GrammarSpec("regex", "x{1000}{1000}")
+    matcher = await engine.grammar_matcher(spec)
+    params = SamplingParams(max_new_tokens=5, grammar=spec)
+    with pytest.raises(GrammarError) as failed:
+        async for _ in engine.submit(tiny.tokenizer.encode("Hello"), params, matcher):
+            pass
+    message = str(failed.value)
+    assert "too many expressions" in message and len(message) < 300, message
+    assert "x{1000}" not in message and "<grammar>" not in message and "<state>" not in message
+    finish = await generate(engine, tiny, SamplingParams(max_new_tokens=3))
+    assert finish.generated_tokens == 3
+
+
+def test_the_first_mask_is_computed_where_the_grammar_compiles(compiler: GrammarCompiler) -> None:
+    """The lexer is built lazily at the first mask, which for a large grammar is the slow part:
+    `compile` (run in a worker thread) pays for it, not the model thread's first step."""
+    spec = GrammarSpec("regex", "x{100}{100}")
+    started = time.thread_time()
+    matcher = compiler.compile(spec)
+    compiling = time.thread_time() - started
+    started = time.thread_time()
+    first = matcher.allowed()
+    stepping = time.thread_time() - started
+    assert first.sum() >= 1 and stepping < compiling / 4, (compiling, stepping)
