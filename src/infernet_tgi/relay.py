@@ -7,8 +7,8 @@ Use it as the response body of a stream job (the app does), with the first delta
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator, Awaitable, Callable, MutableMapping
-from contextlib import aclosing
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, MutableMapping
+from contextlib import aclosing, asynccontextmanager
 from typing import Any
 
 from . import jsontext
@@ -19,6 +19,7 @@ from .generation import StreamDelta
 log = logging.getLogger("infernet_tgi")
 
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+Deltas = AsyncGenerator[StreamDelta, None]
 _BODY = "http.response.body"
 
 
@@ -37,7 +38,7 @@ class Relay:
     def __init__(
         self,
         first: StreamDelta,
-        rest: AsyncGenerator[StreamDelta, None],
+        rest: Deltas,
         deadline: float,
         drain: Drain,
         on_close: Callable[[], None],
@@ -52,27 +53,19 @@ class Relay:
     async def write_to(self, send: Send) -> None:
         """Write the body as ASGI `http.response.body` messages (more to come after each), then
         close the stream. The hot path's loop: the upstream's deltas go straight to `send`, with no
-        generator between them."""
-        rest, first = self._rest, self._first
-        limit = self._drain.deadline(self._deadline)
-        try:
-            async with aclosing(rest):
-                if first.text:
-                    await send({"type": _BODY, "body": _utf8(first.text), "more_body": True})
-                if first.finish_reason is not None:
+        generator between them (one costs about 0.4 µs a chunk)."""
+        async with self._running() as (first, rest, limit):
+            if first.text:
+                await send({"type": _BODY, "body": _utf8(first.text), "more_body": True})
+            if first.finish_reason is not None:
+                return
+            while True:
+                try:
+                    delta = await limit.next(rest)
+                except StopAsyncIteration:
                     return
-                while True:
-                    try:
-                        delta = await limit.next(rest)
-                    except StopAsyncIteration:
-                        return
-                    if delta.text:
-                        await send({"type": _BODY, "body": _utf8(delta.text), "more_body": True})
-        except (TimeoutError, UpstreamError) as exc:
-            self._ended(exc)
-        finally:
-            limit.close()
-            await self._finish()
+                if delta.text:
+                    await send({"type": _BODY, "body": _utf8(delta.text), "more_body": True})
 
     def __aiter__(self) -> Relay:
         return self
@@ -81,22 +74,30 @@ class Relay:
         return self._body.__anext__()
 
     async def _loop(self) -> AsyncGenerator[bytes, None]:
-        rest, first = self._rest, self._first
+        """`write_to`'s loop as the generator that Quart iterates."""
+        async with self._running() as (first, rest, limit):
+            if first.text:
+                yield _utf8(first.text)
+            if first.finish_reason is not None:
+                return
+            while True:
+                try:
+                    delta = await limit.next(rest)
+                except StopAsyncIteration:
+                    return
+                if delta.text:
+                    yield _utf8(delta.text)
+
+    @asynccontextmanager
+    async def _running(self) -> AsyncIterator[tuple[StreamDelta, Deltas, Deadline]]:
+        """What both loops share: the stream deadline (started here, in the task that waits for the
+        upstream: it cancels that task), the end of the stream (an upstream failure or the deadline
+        ends the body cleanly, logged), and closing the upstream stream whatever happens."""
         limit: Deadline | None = None
         try:
-            limit = self._drain.deadline(self._deadline)  # here: the deadline cancels this task
-            async with aclosing(rest):
-                if first.text:
-                    yield _utf8(first.text)
-                if first.finish_reason is not None:
-                    return
-                while True:
-                    try:
-                        delta = await limit.next(rest)
-                    except StopAsyncIteration:
-                        return
-                    if delta.text:
-                        yield _utf8(delta.text)
+            limit = self._drain.deadline(self._deadline)
+            async with aclosing(self._rest):
+                yield self._first, self._rest, limit
         except (TimeoutError, UpstreamError) as exc:
             self._ended(exc)
         finally:

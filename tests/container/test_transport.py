@@ -117,6 +117,44 @@ def test_sse_is_the_same_however_the_bytes_are_split(newline: bytes) -> None:
         assert got == expected and decoder.done
 
 
+def test_sse_events_that_arrive_together_are_read_as_one_by_one() -> None:
+    # Whole one-line events in one chunk take a shortcut; anything else in the chunk must not.
+    events = [b'data:{"t": 1}\n\n', b'data: {"t": 2}\n\n', b"data:\n\n", b": ping\n\n",
+              b"data:a\ndata:b\n\n", b"\n", b"id: 3\n\n", b"data:[DONE]\n\n", b"data:after\n\n"]
+    rng = random.Random(11)
+    for _ in range(300):
+        picked = rng.choices(events, k=rng.randint(1, 8))
+        expected = _one_byte_at_a_time(b"".join(picked))
+        decoder = SSEDecoder()
+        got = [payload for chunk in _random_groups(picked, rng) for payload in decoder.feed(chunk)]
+        assert (got + decoder.close(), decoder.done) == expected
+
+
+def test_sse_shortcut_keeps_the_limits_and_later_events() -> None:
+    with pytest.raises(UpstreamProtocolError, match="over 8 bytes"):
+        SSEDecoder(max_event=8).feed(b"data:1\n\ndata:" + b"x" * 9 + b"\n\n")
+    decoder = SSEDecoder()
+    assert decoder.feed(b"data:1\n\ndata:2") == [b"1"]  # a split event: the rest comes later
+    assert decoder.feed(b"3\n\ndata:4\n\n") == [b"23", b"4"]
+
+
+def _one_byte_at_a_time(raw: bytes) -> tuple[list[bytes], bool]:
+    decoder = SSEDecoder()
+    got = [payload for i in range(len(raw)) for payload in decoder.feed(raw[i : i + 1])]
+    return got + decoder.close(), decoder.done
+
+
+def _random_groups(parts: list[bytes], rng: random.Random) -> list[bytes]:
+    """`parts` joined into a few chunks at their own boundaries."""
+    out, current = [], b""
+    for part in parts:
+        current += part
+        if rng.random() < 0.4:
+            out.append(current)
+            current = b""
+    return [*out, current] if current else out
+
+
 def _random_split(raw: bytes, rng: random.Random) -> list[bytes]:
     cuts = sorted(rng.sample(range(1, len(raw)), 6))
     return [raw[a:b] for a, b in zip([0, *cuts], [*cuts, len(raw)], strict=True)]

@@ -101,6 +101,9 @@ class Body:
         connection = self._connection
         if connection is None:
             return
+        if connection.complete:  # the usual case: the end came with the final event, no timer needed
+            connection.take()
+            return
         try:
             async with asyncio.timeout(seconds):
                 while not connection.complete and connection.buffered <= HIGH_WATER:

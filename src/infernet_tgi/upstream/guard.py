@@ -79,7 +79,7 @@ class Guard:
             where=redact(self.inner.url),
             executor=self._checks,
         )
-        yield dataclasses.replace(last, text=text)
+        yield last._replace(text=text)
 
     async def info(self) -> dict[str, Any]:
         return await self.inner.info()

@@ -30,21 +30,10 @@ class SSEDecoder:
         """The payloads of the events completed by `chunk`, in order."""
         if self.done:
             return []
-        if (
-            not self._pending
-            and not self._data
-            and chunk.startswith(b"data:")
-            and chunk.endswith(b"\n\n")
-            and chunk.find(b"\n", 5) == len(chunk) - 2
-            and b"\r" not in chunk
-        ):  # the common case, one whole event alone in a chunk: no line splitting
-            value = chunk[6:-2] if chunk.startswith(b"data: ") else chunk[5:-2]
-            if len(value) > self._max:
-                raise UpstreamProtocolError(f"upstream stream event is over {self._max} bytes")
-            if value == DONE:
-                self.done = True
-                return []
-            return [value]
+        if not self._pending and not self._data and chunk.endswith(b"\n\n") and b"\r" not in chunk:
+            whole = self._whole_events(chunk)
+            if whole is not None:
+                return whole
         buffer = self._pending + chunk if self._pending else chunk
         lines = buffer.split(b"\n")
         self._pending = lines.pop()
@@ -65,6 +54,23 @@ class SSEDecoder:
                 if self._size > self._max:
                     raise UpstreamProtocolError(f"upstream stream event is over {self._max} bytes")
             # comments (":") and other fields (event, id, retry) carry nothing we use
+        return out
+
+    def _whole_events(self, chunk: bytes) -> list[bytes] | None:
+        """The payloads of a chunk made of whole one-line `data:` events only, or None when it holds
+        anything else (a comment, another field, a multi-line event, a blank line too many). The
+        common case, one event or several that arrived together: one split, no line by line walk."""
+        out: list[bytes] = []
+        for event in chunk[:-2].split(b"\n\n"):
+            if not event.startswith(b"data:") or b"\n" in event:
+                return None  # nothing was changed: the caller starts over line by line
+            value = event[6:] if event.startswith(b" ", 5) else event[5:]
+            if len(value) > self._max:
+                raise UpstreamProtocolError(f"upstream stream event is over {self._max} bytes")
+            if value == DONE:
+                self.done = True
+                return out
+            out.append(value)
         return out
 
     def close(self) -> list[bytes]:
