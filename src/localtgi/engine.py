@@ -11,8 +11,11 @@ step for every active row (`decode_batch.DecodeBatch`). Requests join and leave 
 cancelled stream leaves at the next step. Each request samples from its own numpy generator
 (`sampling.TokenChooser`) over the network's logits. By default a prompt's prefill and a decode
 row's logits are bit-identical alone or in any batch, so a seeded request gives the same text
-either way (with `exact`, up to float rounding). Events reach asyncio via
-`call_soon_threadsafe`. When idle the worker sleeps on a condition variable.
+either way (with `exact`, up to float rounding). Events reach asyncio in one
+`call_soon_threadsafe` per step (or per prefill forward) for all its rows, sent once the step's
+rows are all sampled: the event loop then handles them while the next forward runs (OpenVINO lets
+go of the GIL), not in turns with the sampling of the other rows. When idle the worker sleeps on a
+condition variable.
 
 If the worker itself dies (the network does not compile, or an error escapes a step's own
 handling), the engine is dead for good: the failure is logged once, `failure` holds TGI's
@@ -158,6 +161,7 @@ class Engine:
         self._grammar: GrammarCompiler | None = None
         self.warm = False  # set by the worker once the network is compiled and has run
         self._settled: asyncio.Event | None = None
+        self._outbox: list[tuple[GenerationStream, Any]] = []  # worker thread only; see _flush
 
     # ----- event-loop side -------------------------------------------------------------------
 
@@ -267,10 +271,18 @@ class Engine:
             self._cond.notify_all()
 
     def _deliver(self, stream: GenerationStream, item: Any) -> None:
+        """Queue `item` for `stream`; it goes out with the others at the next `_flush`."""
+        self._outbox.append((stream, item))
+
+    def _flush(self) -> None:
+        """Hand every queued item to the event loop in one callback, in the order queued. One
+        wake-up per step instead of one per row: each wake-up is a write to the loop's self-pipe,
+        and the loop thread then takes the GIL back and forth with the rows still being sampled."""
+        items, self._outbox = self._outbox, []
         loop = self._loop
-        if loop is not None and not loop.is_closed():
+        if items and loop is not None and not loop.is_closed():
             try:
-                loop.call_soon_threadsafe(stream._put, item)
+                loop.call_soon_threadsafe(_put_all, items)
             except RuntimeError:  # the loop closed between the check and the call
                 pass
 
@@ -342,6 +354,8 @@ class Engine:
                 self._fail_all(batch, exc)
             except Exception as exc:  # noqa: BLE001 - a failed step fails its rows, not the worker
                 self._fail_all(batch, GenerationError(f"{type(exc).__name__}: {exc}"))
+            finally:
+                self._flush()
 
     def _run_one_job(
         self, net: Network, fn: Callable[[Network], Any], future: concurrent.futures.Future[Any]
@@ -368,9 +382,10 @@ class Engine:
                     self._fail(seq, GenerationError(f"{type(exc).__name__}: {exc}"))
                 continue
             for seq, (logits, kv) in zip(seqs, results, strict=True):
-                if self._advance_or_fail(seq, logits):  # first tokens go out as each forward ends
+                if self._advance_or_fail(seq, logits):
                     kvs.append(kv)
                     joined.append(seq)
+            self._flush()  # first tokens go out as each forward ends
         # Joined first: if merging fails, _fail_all reaches them too.
         self._active.extend(joined)
         batch.add(kvs)
@@ -392,6 +407,7 @@ class Engine:
         for row, seq in enumerate(self._active):
             if not seq.stream.cancelled:
                 self._advance_or_fail(seq, logits[row])
+        self._flush()
         self._drop_finished(batch)
 
     def _advance_or_fail(self, seq: _Sequence, logits: npt.NDArray[np.float32]) -> bool:
@@ -487,6 +503,13 @@ class Engine:
                 error = failure or IncompleteGenerationError("Incomplete generation stream")
                 self._fail(seq, type(error)(str(error)))
         self._active = []
+        self._flush()
         for _fn, future in jobs:
             if future.set_running_or_notify_cancel():
                 future.set_exception(failure or IncompleteGenerationError("the engine stopped"))
+
+
+def _put_all(items: list[tuple[GenerationStream, Any]]) -> None:
+    """On the event loop: one step's items to their streams."""
+    for stream, item in items:
+        stream._put(item)

@@ -113,7 +113,9 @@ class TokenChooser:
     def choose(self, logits: npt.ArrayLike, allowed: Mask | None = None) -> Choice:
         """Pick the next token from one row of raw logits [vocab]; `allowed` is the grammar's bool
         mask. The logits are not modified."""
-        scores = np.array(logits, dtype=np.float32, copy=True)
+        # Copied only when changed in place below: `_warp` and `log_softmax` make new arrays.
+        edits = self.params.watermark or self._counts is not None or allowed is not None
+        scores = np.array(logits, dtype=np.float32, copy=True if edits else None)
         if self.params.watermark:
             scores[green_mask(self._prev, self.vocab_size)] += np.float32(WATERMARK_DELTA)
         if self._counts is not None:
@@ -125,6 +127,14 @@ class TokenChooser:
                 scores -= (self._freq / max(self._length, 1)) * self._counts
         if allowed is not None:
             scores[~allowed] = -np.inf
+        n = min(self.params.top_n_tokens, scores.size)
+        if not self.sampling and n == 0:
+            # Greedy without top tokens needs one log-probability, not all of them: the same
+            # float32 operations as `log_softmax` on the chosen entry alone.
+            token = int(np.argmax(scores))
+            shifted = scores - scores.max()
+            total = np.log(np.exp(shifted).sum(dtype=np.float32))
+            return Choice(token_id=token, logprob=float(shifted[token] - total), top=())
         if self.sampling:
             scores = self._warp(scores)
         logprobs = log_softmax(scores)
@@ -134,7 +144,6 @@ class TokenChooser:
         else:
             token = int(np.argmax(scores))
         top: tuple[tuple[int, float], ...] = ()
-        n = min(self.params.top_n_tokens, logprobs.size)
         if n > 0:
             best = np.argpartition(-logprobs, n - 1)[:n]
             best = best[np.argsort(-logprobs[best], kind="stable")]

@@ -133,6 +133,24 @@ def test_top_tokens_are_the_best_logprobs_in_order() -> None:
     assert [i for i, _ in TokenChooser(SamplingParams(top_n_tokens=3), [1], V).choose(x).top] == want[:3]
 
 
+def test_greedy_logprob_alone_is_the_full_log_softmax_entry_bit_for_bit() -> None:
+    # Greedy rows without top tokens skip building every log-probability; the one they report
+    # must still be exactly log_softmax's, and no path may write into the caller's logits.
+    rng = np.random.default_rng(21)
+    for vocab in (49152, V):
+        for _ in range(20):
+            x = (rng.standard_normal(vocab) * rng.uniform(0.5, 8)).astype(np.float32)
+            x[rng.random(vocab) < 0.1] = -np.inf
+            kept = x.copy()
+            choice = TokenChooser(SamplingParams(), [1], vocab).choose(x)
+            full = TokenChooser(SamplingParams(top_n_tokens=1), [1], vocab).choose(x)
+            assert choice.token_id == full.token_id == int(np.argmax(x))
+            assert choice.logprob == full.logprob == float(log_softmax(x)[choice.token_id])
+            sampled = TokenChooser(SamplingParams(do_sample=True, seed=1), [1], vocab).choose(x)
+            assert sampled.logprob == float(log_softmax(x)[sampled.token_id])
+            assert np.array_equal(x, kept)
+
+
 def test_frequency_penalty_is_count_over_length() -> None:
     prompt = [3, 3, 3, 8]
     x = np.zeros(V, dtype=np.float32)
