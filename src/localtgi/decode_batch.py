@@ -9,12 +9,16 @@ head_dim]. Each row's tokens sit at the start of its own positions (no padding b
 row attends only to its own length, through `past_bias`), so a row's logits do not depend on its
 neighbours. The first rows of each layer are one contiguous block handed to the network without a
 copy. Rows come in powers of two (`network.bucket`) and positions in steps of `POSITIONS`, so a
-step's shapes repeat; a row that
-leaves is replaced by the last row, so leaving costs one row's copy, not the whole batch's.
+step's shapes repeat; a row that leaves is replaced by the last row, so leaving costs one row's
+copy, not the whole batch's. The network reads every position of the buffers (a row's bias hides
+the unused ones), so they grow as the rows do rather than being allocated long at once; a growth
+the next step will need is copied in another thread while this step's forward runs.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import threading
 from collections.abc import Sequence
 
 import numpy as np
@@ -48,13 +52,38 @@ class DecodeBatch:
         cap_rows, cap_pos = self._keys.shape[1], self._keys.shape[3]
         if rows <= cap_rows and positions <= cap_pos:
             return
-        rows = bucket(max(rows, cap_rows))
-        positions = -(-max(positions, cap_pos) // POSITIONS) * POSITIONS
-        for name in ("_keys", "_values"):
-            old = getattr(self, name)
+        self._keys, self._values = self._grown(bucket(max(rows, cap_rows)), max(positions, cap_pos))
+
+    def _grown(self, rows: int, positions: int) -> tuple[F32, F32]:
+        """Copies of the cache with room for `rows` rows and `positions` positions (rounded up to
+        `POSITIONS`). Only reads the current buffers, so it may run while a forward reads them."""
+        positions = -(-positions // POSITIONS) * POSITIONS
+        out = []
+        for old in (self._keys, self._values):
             new = self._network.shape.empty_cache(rows, positions)
             new[:, : self.size, :, : old.shape[3]] = old[:, : self.size]
-            setattr(self, name, new)
+            out.append(new)
+        return out[0], out[1]
+
+    def _grow_meanwhile(self) -> concurrent.futures.Future[tuple[F32, F32]] | None:
+        """When the next step will need more positions than the cache has, start growing it in
+        another thread now, to run while this step's forward does (both only read the buffers;
+        the step's new keys and values then go into the grown ones). A growth of 16 rows copies
+        tens of MB into fresh pages (35-80 ms measured, most of it the kernel zeroing them), which
+        would otherwise stall the whole batch; OpenVINO's forward lets go of the GIL."""
+        if int(self._lengths.max()) + 2 <= self._keys.shape[3]:
+            return None
+        future: concurrent.futures.Future[tuple[F32, F32]] = concurrent.futures.Future()
+        rows, positions = self._keys.shape[1], self._keys.shape[3] + 1
+
+        def grow() -> None:
+            try:
+                future.set_result(self._grown(rows, positions))
+            except BaseException as exc:  # noqa: BLE001 - handed to the step, which raises it
+                future.set_exception(exc)
+
+        threading.Thread(target=grow, name="localtgi-cache-growth", daemon=True).start()
+        return future
 
     def add(self, caches: Sequence[RowCache]) -> None:
         """Append rows, each `(keys, values)` of shape [layers, kv_heads, length, head_dim]."""
@@ -100,9 +129,15 @@ class DecodeBatch:
         tokens[:rows, 0] = list(last_tokens)
         lengths = np.zeros(run, dtype=np.int64)
         lengths[:rows] = self._lengths
-        logits, keys, values = self._network.decode(
-            tokens, lengths[:, None], past_bias(lengths, width), self._keys, self._values, run
-        )
+        growth = self._grow_meanwhile()
+        try:
+            logits, keys, values = self._network.decode(
+                tokens, lengths[:, None], past_bias(lengths, width), self._keys, self._values, run
+            )
+        finally:
+            grown = None if growth is None else growth.result()  # waits even when decode failed
+        if grown is not None:
+            self._keys, self._values = grown
         index = np.arange(rows)
         # [L, B, H, 1, D] -> [B, L, H, D]: the layout numpy gives the row/position-indexed slots
         self._keys[:, index, :, self._lengths] = keys[:, :rows, :, 0].transpose(1, 0, 2, 3)

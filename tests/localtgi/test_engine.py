@@ -341,6 +341,7 @@ def test_decode_batch_rows_join_and_leave_without_changing_results(
                 torch.testing.assert_close(torch.from_numpy(out[row]), want, atol=1e-4, rtol=1e-4)
             histories[r].append(int(out[row].argmax()))
     assert batch.size == 3
+    assert batch._keys.shape[3] > 64  # grew during a step (copied while its forward ran)
 
 
 def test_an_emptied_batch_lets_go_of_its_cache(tiny: LoadedModel) -> None:
