@@ -166,18 +166,23 @@ class Engine:
     # ----- event-loop side -------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start the worker thread (and build the grammar compiler off the loop)."""
+        """Start the worker thread, which compiles and warms up the network (`settled`), and
+        meanwhile build the grammar compiler off the loop (about half a second for SmolLM2)."""
         if self._running:
             return
         self._loop = asyncio.get_running_loop()
-        lm = self.loaded
-        self._grammar = await asyncio.to_thread(
-            GrammarCompiler, lm.tokenizer, self.vocab_size, lm.eos_token_ids
-        )
         self._settled = asyncio.Event()
         self._running = True
         self._thread = threading.Thread(target=self._work, name="localtgi-engine", daemon=True)
         self._thread.start()
+        lm = self.loaded
+        try:
+            self._grammar = await asyncio.to_thread(
+                GrammarCompiler, lm.tokenizer, self.vocab_size, lm.eos_token_ids
+            )
+        except BaseException:
+            await self.stop()
+            raise
 
     async def settled(self) -> None:
         """Return once the worker has compiled and warmed up the network (`warm`), or has died
