@@ -46,11 +46,12 @@ lint: $(VENV)
 
 bench: bench-container bench-localtgi
 
+# Three runs each: the rows print median [min - max], the spread the README reports.
 bench-container: $(VENV)
-	$(PY) scripts/bench_container.py
+	$(PY) scripts/bench_container.py --runs 3
 
 bench-localtgi: $(VENV)
-	$(PY) scripts/bench_localtgi.py
+	$(PY) scripts/bench_localtgi.py --runs 3
 
 clean:
 	rm -rf .venv node_modules .pytest_cache .mypy_cache .ruff_cache

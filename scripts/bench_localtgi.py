@@ -12,7 +12,9 @@ Prints the rows of the README's table:
   * the naive reference's single-stream throughput and resident memory.
 
 Usage: flock /tmp/bench.lock .venv/bin/python scripts/bench_localtgi.py [--model-id smollm2]
-       [--streams 16] [--new-tokens 96] [--threads 1] [--first-start] [--exact]
+       [--streams 16] [--new-tokens 96] [--threads 1] [--runs 3] [--first-start] [--exact]
+`--runs N` repeats localtgi's rows, each run in a fresh process, and prints median [min - max]
+(`make bench-localtgi` runs three); the reference runs once.
 Absolute numbers depend on the box (2 shared cores here, and the load average is printed): compare
 rows measured in the same run.
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import re
 import statistics
@@ -220,6 +223,41 @@ def start_seconds(model_id: str, threads: int, cache: str | None) -> tuple[float
         proc.wait(30)
 
 
+def one_run(lm: LoadedModel, args: argparse.Namespace) -> dict[str, float]:
+    """Every localtgi row once: the engine in this process, the starts in child processes."""
+    r = asyncio.run(bench_engine(lm, args))
+    r["start_health"], r["start_token"] = start_seconds(args.model_id, args.threads, None)
+    if args.first_start:
+        with tempfile.TemporaryDirectory() as empty:
+            r["first_health"], r["first_token"] = start_seconds(args.model_id, args.threads, empty)
+    r["load"] = os.getloadavg()[0]
+    return r
+
+
+def repeated(args: argparse.Namespace) -> list[dict[str, float]]:
+    """`one_run` in a fresh process per run, so that each run's memory rows are its own."""
+    results = []
+    for index in range(args.runs):
+        child = [sys.executable, __file__, "--one-run", "--model-id", args.model_id,
+                 "--streams", str(args.streams), "--new-tokens", str(args.new_tokens),
+                 "--threads", str(args.threads), "--probes", str(args.probes)]
+        child += ["--first-start"] if args.first_start and index == 0 else []
+        child += ["--exact"] if args.exact else []
+        out = subprocess.run(child, capture_output=True, text=True, check=True, timeout=1800)
+        results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        print(f"run {index + 1}/{args.runs}: " + ", ".join(
+            f"{k} {v:.2f}" for k, v in results[-1].items()), flush=True)
+    return results
+
+
+def spread(values: list[float], fmt: str) -> str:
+    """The median, with [min - max] when there were several runs."""
+    text = format(statistics.median(values), fmt)
+    if len(values) > 1:
+        text += f" [{min(values):{fmt}} - {max(values):{fmt}}]"
+    return text
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--model-id", default="smollm2")
@@ -228,41 +266,51 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--probes", type=int, default=8)
     parser.add_argument("--baseline-requests", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=1,
+                        help="repeat localtgi's rows in fresh processes; rows show median [min - max]")
     parser.add_argument("--first-start", action="store_true", help="also time a start from an empty cache")
     parser.add_argument("--exact", action="store_true", help="float32 activations (localtgi --exact)")
     parser.add_argument("--reference-only", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--one-run", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.reference_only:
         reference_main(args)
         return
+    if args.one_run:
+        lm = load_model(args.model_id)
+        print(json.dumps(one_run(lm, args)))
+        return
     lm = load_model(args.model_id, progress=lambda m: print(f"  {m}", file=sys.stderr))
     activations = "float32" if args.exact else "int8"
     print(f"model {lm.model_id}, {args.threads} thread(s), {activations} activations, "
-          f"{args.new_tokens} new tokens/request")
+          f"{args.new_tokens} new tokens/request, {args.runs} run(s)")
     print(f"box: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at start (shared box: noisy)")
-    r = asyncio.run(bench_engine(lm, args))
-    prepared = start_seconds(args.model_id, args.threads, None)
-    first = None
-    if args.first_start:
-        with tempfile.TemporaryDirectory() as empty:
-            first = start_seconds(args.model_id, args.threads, empty)
+    runs = repeated(args) if args.runs > 1 else [one_run(lm, args)]
     baseline, baseline_rss = bench_generate(args)
+
+    def row(key: str, fmt: str = ".0f") -> str:
+        return spread([r[key] for r in runs], fmt)
+
     n = args.streams
     print("| measure | localtgi (OpenVINO, 4-bit weights, batched) | naive reference (torch fp32 generate) |")
     print("|---|---|---|")
-    print(f"| one stream | {r['single']:.0f} tok/s | {baseline:.0f} tok/s |")
-    print(f"| {n} concurrent streams, aggregate | {r['aggregate']:.0f} tok/s "
+    print(f"| one stream | {row('single')} tok/s | {baseline:.0f} tok/s |")
+    print(f"| {n} concurrent streams, aggregate | {row('aggregate')} tok/s "
           f"| {baseline:.0f} tok/s (one at a time) |")
-    print(f"| time to first token, joining {n - 1} running / {n} arriving at once (p50, max) | "
-          f"{r['load_p50']:.2f}, {r['load_max']:.2f} s / {r['burst_p50']:.2f}, {r['burst_max']:.2f} s | - |")
-    print(f"| resident memory, idle / after the benchmark | {r['idle_rss']:.0f} / {r['after_rss']:.0f} MB "
+    print(f"| time to first token, joining {n - 1} running: p50 / max | {row('load_p50', '.2f')} s / "
+          f"{row('load_max', '.2f')} s | - |")
+    print(f"| time to first token, {n} arriving at once: p50 / max | {row('burst_p50', '.2f')} s / "
+          f"{row('burst_max', '.2f')} s | - |")
+    print(f"| resident memory, idle / after the benchmark | {row('idle_rss')} / {row('after_rss')} MB "
           f"| {baseline_rss:.0f} MB after {args.baseline_requests} requests |")
-    first_text = "not measured (--first-start)"
-    if first is not None:
-        first_text = f"{first[0]:.1f} s (first token {first[1]:.1f} s)"
-    print(f"| start to /health 200, model prepared / first start | {prepared[0]:.1f} s (first token "
-          f"{prepared[1]:.1f} s) / {first_text} | - |")
-    print(f"load average at end: {os.getloadavg()[0]:.2f}")
+    print(f"| start to /health 200 (compiled and warmed up), model prepared | {row('start_health', '.1f')} s "
+          f"(first token {row('start_token', '.1f')} s) | - |")
+    firsts = [r for r in runs if "first_health" in r]
+    if firsts:
+        print(f"| start from an empty cache (GGUF conversion) | {firsts[0]['first_health']:.1f} s "
+              f"(first token {firsts[0]['first_token']:.1f} s) | - |")
+    print(f"load average at end: {os.getloadavg()[0]:.2f}; per run: "
+          + " / ".join(f"{r['load']:.2f}" for r in runs))
 
 
 if __name__ == "__main__":
