@@ -118,7 +118,8 @@ class DecodeBatch:
         self._lengths = self._lengths[np.array(list(rows), dtype=np.int64)]
 
     def step(self, last_tokens: Sequence[int]) -> F32:
-        """One forward for every row's last token; returns next-token logits [rows, vocab].
+        """One forward for every row's last token; returns next-token logits [rows, vocab], valid
+        until the next step (a view of the network's output: copy them to keep them).
 
         The forward runs over `bucket(rows)` rows: the spare ones read nothing (their bias hides
         every cached position) and their outputs are dropped."""

@@ -200,7 +200,9 @@ class Network:
         ([layers, capacity, kv_heads, P, head_dim], C-contiguous). The buffers' layer slices are
         bound to the request once and read in place on later steps (binding 2 x layers inputs on
         every step cost about 4 ms); pass new buffers, or another `rows`, and they are bound again.
-        Returns what `run` returns, the logits as [rows, vocab]."""
+        Returns what `run` returns, the logits as [rows, vocab], but as views of the request's
+        outputs, not copies (copying 16 rows of logits cost about 0.3 ms a step): they hold until
+        the next forward, so read them before it or copy them."""
         import openvino as ov
 
         request = self._request
@@ -215,5 +217,5 @@ class Network:
         for name, array in zip(self._names[:4], small, strict=True):
             request.set_tensor(name, ov.Tensor(np.ascontiguousarray(array), shared_memory=True))
         request.infer()
-        logits, new_keys, new_values = (request.get_output_tensor(i).data.copy() for i in range(3))
+        logits, new_keys, new_values = (request.get_output_tensor(i).data for i in range(3))
         return logits[:, 0], new_keys, new_values
