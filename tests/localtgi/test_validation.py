@@ -183,6 +183,17 @@ def test_grammar_forms(validator: Validator) -> None:
          "Failed to deserialize the JSON body into the target type: parameters"),
         (b'{"inputs": "' + b"x" * 100 + b'"}', "application/json", 413,
          "Failed to buffer the request body: length limit exceeded"),
+        # Not JSON as TGI's parser reads it: syntax errors, not values that fail in generation.
+        (b'{"inputs": "x", "parameters": {"temperature": NaN}}', "application/json", 400,
+         "Failed to parse the request body as JSON: NaN is not JSON"),
+        (b'{"inputs": "x", "parameters": {"top_p": -Infinity}}', "application/json", 400,
+         "Failed to parse the request body as JSON: -Infinity is not JSON"),
+        (b'{"inputs": "\\ud800 x"}', "application/json", 400,
+         "Failed to parse the request body as JSON: lone surrogate in a \\u escape"),
+        (b'{"inputs": "x", "stop": ["\\udfff"]}', "application/json", 400,
+         "Failed to parse the request body as JSON: lone surrogate"),
+        (b'{"inputs": "x\xed\xa0\x80"}', "application/json", 400,
+         "Failed to parse the request body as JSON: "),
     ],
 )
 def test_parse_body_rejections(
@@ -192,6 +203,21 @@ def test_parse_body_rejections(
         parse_body(GenerateRequest, body, content_type, limit=100)
     assert info.value.status == status
     assert info.value.message.startswith(text)
+
+
+def test_parse_body_refuses_nesting_too_deep_to_read() -> None:
+    deep = b'{"inputs": "x", "extra": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    with pytest.raises(RequestBodyError) as info:
+        parse_body(GenerateRequest, deep, "application/json", limit=1_000_000)
+    assert info.value.status == 400
+    assert info.value.message == "Failed to parse the request body as JSON: recursion limit exceeded"
+
+
+def test_parse_body_reads_surrogate_pairs_and_escaped_backslashes() -> None:
+    """A pair of surrogate escapes is one character; `\\\\ud800` is a backslash and text."""
+    req = parse_body(GenerateRequest, b'{"inputs": "\\ud83d\\ude00 \\\\ud800"}', "application/json",
+                     limit=1000)
+    assert req.inputs == "\U0001f600 \\ud800"
 
 
 def test_parse_body_accepts_tgi_shapes() -> None:
