@@ -37,6 +37,11 @@ Scores = npt.NDArray[np.float32]
 Mask = npt.NDArray[np.bool_]
 _HEAD = 256  # see _smallest_first
 _DRAW_BLOCK = 256  # see draw
+# TGI accepts any positive temperature and repetition penalty. Logits divided (or multiplied) by
+# values beyond these bounds over- or underflow float32 (a temperature of 1e-300 is 0 in float32):
+# such temperatures are taken in float64 from the row's maximum (the coldest is greedy, the
+# hottest uniform), and penalties are clamped to them, where their effect is already total.
+_COLDEST, _HOTTEST = 1e-30, 1e30
 
 WATERMARK_GAMMA = 0.5
 WATERMARK_DELTA = 2.0
@@ -101,7 +106,7 @@ class TokenChooser:
             self.generator = np.random.default_rng(self.seed)
         rep = params.repetition_penalty
         freq = params.frequency_penalty
-        self._rep = rep if rep is not None and rep != 1.0 else None
+        self._rep = min(max(rep, _COLDEST), _HOTTEST) if rep is not None and rep != 1.0 else None
         self._freq = freq if freq is not None and freq != 0.0 else None
         self._counts: Scores | None = None
         self._length = len(prompt_ids)
@@ -160,7 +165,7 @@ class TokenChooser:
     def _warp(self, scores: Scores) -> Scores:
         p = self.params
         if p.temperature != 1.0:
-            scores = scores / np.float32(p.temperature)
+            scores = temperature_scaled(scores, p.temperature)
         if p.top_k is not None and 0 < p.top_k < scores.size:
             kth = np.partition(scores, scores.size - p.top_k)[scores.size - p.top_k]
             scores = np.where(scores < kth, np.float32(-np.inf), scores)
@@ -169,6 +174,18 @@ class TokenChooser:
         if p.typical_p is not None and p.typical_p < 1.0:
             scores = typical_filter(scores, p.typical_p)
         return scores
+
+
+def temperature_scaled(scores: Scores, temperature: float) -> Scores:
+    """`scores / temperature` in float32, without infinities or NaN for extreme temperatures: far
+    below 1 only the best tokens stay finite (greedy, ties shared), far above it every finite
+    score becomes about equal."""
+    if _COLDEST <= temperature <= _HOTTEST:
+        return scores / np.float32(temperature)
+    with np.errstate(over="ignore", under="ignore", divide="ignore", invalid="ignore"):
+        shifted = scores.astype(np.float64) - float(scores.max())
+        scaled: Scores = (shifted / temperature).astype(np.float32)
+    return scaled
 
 
 def draw(logprobs: Scores, u: float) -> int:
@@ -208,7 +225,9 @@ def top_p_filter(scores: Scores, top_p: float) -> Scores:
     probs = np.exp(log_softmax(scores))
     order, cumulative = _smallest_first(-scores, probs, top_p)
     before = cumulative - probs[order]
-    keep = order[before < top_p]
+    kept = before < top_p
+    kept[0] = True  # the most likely token stays, even where top_p is 0 in float32
+    keep = order[kept]
     out = np.full_like(scores, -np.inf)
     out[keep] = scores[keep]
     return out

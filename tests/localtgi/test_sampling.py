@@ -283,3 +283,39 @@ def test_two_level_draw_is_the_inverse_cdf_and_never_picks_a_dead_token() -> Non
             want = min(int(np.searchsorted(cdf, u * cdf[-1], side="right")), vocab - 1)
             if np.isfinite(logprobs[want]) and abs(u * cdf[-1] - cdf[want]) > 1e-9:
                 assert token == want  # the same token as one flat CDF, away from float ties
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        SamplingParams(temperature=1e-300, seed=1),
+        SamplingParams(temperature=5e-324, seed=1, top_n_tokens=3),
+        SamplingParams(temperature=1e300, seed=1),
+        SamplingParams(top_p=1e-300, seed=1),
+        SamplingParams(repetition_penalty=1e-300, top_n_tokens=2),
+        SamplingParams(repetition_penalty=1e300, top_n_tokens=2),
+        SamplingParams(temperature=1e-300, watermark=True, top_k=5, top_p=0.5, typical_p=0.5, seed=2),
+    ],
+)
+def test_extreme_parameters_choose_a_token_without_overflow(params: SamplingParams) -> None:
+    """TGI accepts any positive temperature and penalty: the extremes are their limits (greedy,
+    uniform, a total penalty), with no NaN, no warning (warnings fail the tests) and no empty
+    distribution."""
+    x = logits(6)
+    chooser = TokenChooser(params, [5, 9, int(np.argmax(x))], V)
+    choice = chooser.choose(x)
+    assert 0 <= choice.token_id < V and np.isfinite(choice.logprob)
+    assert all(np.isfinite(lp) for _, lp in choice.top)
+    if params.temperature < 1e-30 and not params.watermark:
+        assert choice.token_id == int(np.argmax(x)) and choice.logprob == 0.0
+    if params.top_p is not None and params.top_p < 1e-30:
+        assert choice.token_id == int(np.argmax(x))
+
+
+def test_a_very_hot_temperature_is_uniform_over_the_allowed_tokens() -> None:
+    x = logits(7)
+    allowed = np.zeros(V, dtype=bool)
+    allowed[[3, 30, 60, 90]] = True
+    choice = TokenChooser(SamplingParams(temperature=1e300, seed=3), [1], V).choose(x, allowed)
+    assert choice.token_id in (3, 30, 60, 90)
+    assert choice.logprob == pytest.approx(-np.log(4), abs=1e-6)
