@@ -1,6 +1,6 @@
 """HTTPClient on the wire: keep-alive reuse, body framings, stale connections, the connection limit,
-streams giving their connection back, URL credentials; against raw HTTP servers on loopback that
-count their connections."""
+streams giving their connection back, URL credentials, odd stream events relayed; against raw HTTP
+servers on loopback that count their connections."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ from typing import Any
 
 import pytest
 
+from infernet_tgi.drain import Drain
 from infernet_tgi.errors import UpstreamUnavailableError
+from infernet_tgi.relay import Relay
 from infernet_tgi.upstream.client import HTTPClient
 from infernet_tgi.upstream.tgi import tgi_stream
 
@@ -244,3 +246,81 @@ async def test_an_ipv6_upstream_gets_its_bracketed_host_header() -> None:
 def test_header_values_cannot_smuggle_lines() -> None:
     with pytest.raises(ValueError, match="line break"):
         HTTPClient(headers={"X-A": "1\r\nX-B: 2"})
+
+
+ODD_TEXTS = ['say "hi"\\n', "\\\\ back", "é", "日本", "😀", "\t\n", "\ud800", "\udc00", "</s>", "[DONE]",
+             "data: x\n\n"]
+
+
+def _event(text: str, *, special: bool = False, ensure_ascii: bool = True) -> bytes:
+    payload = {"index": 1, "token": {"id": 1, "text": text, "logprob": -0.1, "special": special},
+               "generated_text": None, "details": None}
+    return b"data:" + json.dumps(payload, ensure_ascii=ensure_ascii).encode("utf-8", "surrogatepass")
+
+
+async def _relayed(server_url: str) -> bytes:
+    """The body a stream job's client gets for the upstream stream at `server_url` (through
+    `Relay.write_to`, as the hot path sends it)."""
+    async with HTTPClient(timeout=5) as client:
+        stream = tgi_stream(client, server_url + "/generate_stream", json={"inputs": "q"})
+        first = await anext(stream)
+        body: list[bytes] = []
+
+        async def send(message: Any) -> None:
+            body.append(message["body"])
+
+        deadline = asyncio.get_running_loop().time() + 10
+        await Relay(first, stream, deadline, Drain(5), on_close=lambda: None).write_to(send)
+        return b"".join(body)
+
+
+async def test_odd_token_texts_reach_the_client_exactly_however_the_events_arrive(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Each event alone, several in one write, one cut in two writes (two reads here), the spaced
+    # `data: ` form, raw UTF-8 next to \u escapes; a lone surrogate (escaped or as raw bytes) can only
+    # become U+FFFD.
+    events = [_event(text, ensure_ascii=i % 2 == 0) for i, text in enumerate(ODD_TEXTS)]
+    events.append(b"data: " + _event(" spaced")[5:])
+    final = {"token": {"text": "</s>", "special": True}, "generated_text": "x",
+             "details": {"finish_reason": "eos_token", "generated_tokens": 12, "input_length": 1}}
+    events.append(b"data:" + json.dumps(final).encode())
+    frames = [event + b"\n\n" for event in events]
+
+    async def handler(head: bytes, writer: asyncio.StreamWriter, index: int) -> bool:
+        writer.write(CHUNKED_HEAD)
+        writes = [frames[0], frames[1] + frames[2] + frames[3], frames[4][:9], frames[4][9:]]
+        writes += [b"".join(frames[5:8]), *frames[8:]]
+        for data in writes:
+            writer.write(b"%x\r\n%s\r\n" % (len(data), data))
+            await writer.drain()
+            await asyncio.sleep(0.02)  # separate reads on the other side
+        writer.write(b"0\r\n\r\n")
+        return True
+
+    async with raw_server(handler) as server:
+        body = await _relayed(server.url)
+    expected = "".join(ODD_TEXTS).replace("\ud800", "\ufffd").replace("\udc00", "\ufffd") + " spaced"
+    assert body.decode("utf-8") == expected
+    assert "ended" not in caplog.text
+
+
+async def test_an_error_event_mid_stream_ends_the_body_after_the_tokens_before_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    error = b'data:{"error":"Request failed during generation: out of memory","error_type":"generation"}'
+    frames = [_event("a") + b"\n\n", _event("b") + b"\n\n" + error + b"\n\n" + _event("never") + b"\n\n"]
+
+    async def handler(head: bytes, writer: asyncio.StreamWriter, index: int) -> bool:
+        writer.write(CHUNKED_HEAD)
+        for data in frames:
+            writer.write(b"%x\r\n%s\r\n" % (len(data), data))
+            await writer.drain()
+            await asyncio.sleep(0.02)
+        writer.write(b"0\r\n\r\n")
+        return True
+
+    async with raw_server(handler) as server:
+        body = await _relayed(server.url)
+    assert body == b"ab"
+    assert "stream ended early" in caplog.text and "out of memory" in caplog.text
