@@ -48,7 +48,7 @@ class Relay:
         self._deadline = deadline
         self._drain = drain
         self._on_close: Callable[[], None] | None = on_close
-        self._body = self._loop()
+        self._body: AsyncGenerator[bytes, None] | None = None  # Quart's; the hot path never needs it
 
     async def write_to(self, send: Send) -> None:
         """Write the body as ASGI `http.response.body` messages (more to come after each), then
@@ -71,6 +71,8 @@ class Relay:
         return self
 
     def __anext__(self) -> Awaitable[bytes]:
+        if self._body is None:
+            self._body = self._loop()
         return self._body.__anext__()
 
     async def _loop(self) -> AsyncGenerator[bytes, None]:
@@ -125,7 +127,8 @@ class Relay:
 
     async def aclose(self) -> None:
         try:
-            await self._body.aclose()
+            if self._body is not None:
+                await self._body.aclose()
         finally:
             await self._finish()  # the loop never started: its own cleanup did not run
 
