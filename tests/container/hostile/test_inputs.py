@@ -58,6 +58,16 @@ def test_deep_bodies_are_400s_wherever_the_nesting_is(container: str, fake: Fake
     assert engine_calls(fake) == 1
 
 
+def test_an_unterminated_string_of_escaped_quotes_is_read_once(container: str, fake: FakeTGI) -> None:
+    """The depth scan skips strings; an unterminated one runs to the end of the body. Trying it
+    again from every escaped quote inside made the scan quadratic: this body cost hours of CPU."""
+    quotes = '"' + '\\"' * 500_000 + "[" * 10  # more than 64 openers in all: the scan runs
+    assert len("[" * 60 + quotes) < 1_048_576
+    error(post(container, "[" * 60 + quotes), 400, "Unterminated string")
+    error(post(container, "[" * 70 + quotes + '"' + "]" * 70), 400, "nested 70 levels deep")
+    assert engine_calls(fake) == 0
+
+
 def test_bodies_of_too_many_values_are_400s(container: str, fake: FakeTGI) -> None:
     many = {"source": 1, "destination": 1, "data": {"text": "hi", "parameters": {"stop": ["x"] * 30_000}}}
     error(post(container, json.dumps(many)), 400, "holds more than 20000 values")
