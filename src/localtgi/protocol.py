@@ -7,7 +7,6 @@ TGI's omission rules (`WireModel.wire`), e.g. `top_tokens` disappears when empty
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 from pydantic import (
@@ -20,6 +19,7 @@ from pydantic import (
 )
 from pydantic import ValidationError as PydanticValidationError
 
+from localtgi import json_bodies
 from localtgi.errors import RequestBodyError
 
 U32 = Annotated[int, Field(ge=0, le=2**32 - 1)]
@@ -389,31 +389,6 @@ def _describe(exc: PydanticValidationError) -> str:
     return f"{where}: {first['msg']}" if where else str(first["msg"])
 
 
-def _not_json(constant: str) -> Any:
-    raise ValueError(f"{constant} is not JSON")
-
-
-def _json_value(body: bytes) -> Any:
-    """The body's JSON value, held to JSON as TGI's parser (serde_json) reads it: `NaN` and
-    `Infinity` are not JSON, and a `\\u` escape of half a surrogate pair is no character, so
-    both are syntax errors (400), not values that fail later inside generation. A body nested
-    too deeply to read is one too."""
-    fail = "Failed to parse the request body as JSON: "
-    try:
-        # Decoded strictly here: json.loads would let encoded surrogates through from bytes.
-        data = json.loads(body.decode("utf-8"), parse_constant=_not_json)
-        # Python reads a lone surrogate escape into a str that no UTF-8 text can hold.
-        if b"\\u" in body:
-            json.dumps(data, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        raise RequestBodyError(400, f"{fail}lone surrogate in a \\u escape") from None
-    except RecursionError:
-        raise RequestBodyError(400, f"{fail}recursion limit exceeded") from None
-    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
-        raise RequestBodyError(400, f"{fail}{exc}") from None
-    return data
-
-
 def parse_body(model: type[RequestT], body: bytes, content_type: str | None, *, limit: int) -> RequestT:
     """Parse a JSON request body with TGI's (axum's) plain-text rejections.
 
@@ -425,7 +400,10 @@ def parse_body(model: type[RequestT], body: bytes, content_type: str | None, *, 
     mime = (content_type or "").split(";", 1)[0].strip().lower()
     if not (mime == "application/json" or (mime.startswith("application/") and "+json" in mime)):
         raise RequestBodyError(415, "Expected request with `Content-Type: application/json`")
-    data = _json_value(body)
+    try:
+        data = json_bodies.read(body)
+    except ValueError as exc:
+        raise RequestBodyError(400, f"Failed to parse the request body as JSON: {exc}") from None
     try:
         return model.model_validate(data)
     except PydanticValidationError as exc:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
 
+from localtgi import json_bodies
 from localtgi.cli import parse_settings
 from localtgi.errors import RequestBodyError, SettingsError, ValidationError
 from localtgi.models import LoadedModel
@@ -205,12 +207,29 @@ def test_parse_body_rejections(
     assert info.value.message.startswith(text)
 
 
-def test_parse_body_refuses_nesting_too_deep_to_read() -> None:
-    deep = b'{"inputs": "x", "extra": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+@pytest.mark.parametrize("depth", [129, 100_000])
+def test_parse_body_refuses_nesting_deeper_than_serde_json_reads(depth: int) -> None:
+    """Checked before parsing: json.loads recurses in C and, with a raised recursion limit,
+    a deep body overflows the stack (it crashed this test suite's process)."""
+    deep = b'{"inputs": "x", "extra": ' + b"[" * (depth - 1) + b"]" * (depth - 1) + b"}"
     with pytest.raises(RequestBodyError) as info:
         parse_body(GenerateRequest, deep, "application/json", limit=1_000_000)
     assert info.value.status == 400
     assert info.value.message == "Failed to parse the request body as JSON: recursion limit exceeded"
+
+
+def test_nesting_is_counted_outside_strings_in_one_pass() -> None:
+    inside = b'{"inputs": "' + b"[" * 500 + b'\\"{{", "extra": [[1]]}'
+    assert json_bodies.nesting_depth(inside) == 3
+    assert parse_body(GenerateRequest, inside, "application/json", limit=10_000).inputs.startswith("[[")
+    at_limit = b'{"inputs": "x", "extra": ' + b"[" * 127 + b"]" * 127 + b"}"
+    assert parse_body(GenerateRequest, at_limit, "application/json", limit=10_000).inputs == "x"
+    # An unterminated string of escaped quotes is read once to the end, not from each quote again
+    # (a regex retried at every quote made this quadratic: hours for a megabyte).
+    quotes = b"[" * 100 + b'"' + b'\\"' * 500_000 + b"[" * 100
+    started = time.process_time()
+    assert json_bodies.nesting_depth(quotes) == 100
+    assert time.process_time() - started < 5
 
 
 def test_parse_body_reads_surrogate_pairs_and_escaped_backslashes() -> None:
