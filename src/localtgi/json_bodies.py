@@ -25,14 +25,14 @@ _OPEN = np.frombuffer(b"[{", dtype=np.uint8)
 _CLOSE = np.frombuffer(b"]}", dtype=np.uint8)
 
 
-def nesting_depth(body: bytes) -> int:
-    """How deep the brackets of JSON `body` nest, strings ignored; linear in its length. A body
-    with too few openers to nest deeper than MAX_DEPTH is not scanned: MAX_DEPTH is returned."""
-    if body.count(b"[") + body.count(b"{") <= MAX_DEPTH:  # too few openers to go deeper
-        return MAX_DEPTH
-    outside = np.frombuffer(_STRING.sub(b"", body), dtype=np.uint8)
+def deeper_than(text: bytes, limit: int) -> bool:
+    """Whether the brackets of JSON `text` nest more than `limit` levels, strings ignored; linear
+    in its length (a text with too few openers to go that deep is not scanned)."""
+    if text.count(b"[") + text.count(b"{") <= limit:
+        return False
+    outside = np.frombuffer(_STRING.sub(b"", text), dtype=np.uint8)
     steps = np.isin(outside, _OPEN).astype(np.int32) - np.isin(outside, _CLOSE).astype(np.int32)
-    return int(np.cumsum(steps).max(initial=0))
+    return int(np.cumsum(steps).max(initial=0)) > limit
 
 
 def _not_json(constant: str) -> Any:
@@ -45,7 +45,7 @@ def read(body: bytes) -> Any:
         text = body.decode("utf-8")  # strict: json.loads would let encoded surrogates through
     except UnicodeDecodeError as exc:
         raise ValueError(f"invalid UTF-8 at byte {exc.start}") from None
-    if nesting_depth(body) > MAX_DEPTH:
+    if deeper_than(body, MAX_DEPTH):
         raise ValueError("recursion limit exceeded")
     value = json.loads(text, parse_constant=_not_json)
     # Python reads a lone surrogate escape into a str no UTF-8 text can hold; only an escape makes one.

@@ -16,6 +16,7 @@ from typing import Any
 
 import jsonschema
 
+from localtgi import json_bodies
 from localtgi.engine_types import GrammarSpec, SamplingParams
 from localtgi.errors import ValidationError
 from localtgi.protocol import GenerateParameters, JsonGrammar, JsonSchemaGrammar, RegexGrammar
@@ -92,14 +93,13 @@ def _grammar(grammar: JsonGrammar | RegexGrammar | JsonSchemaGrammar) -> Grammar
     else:
         schema = grammar.value
     if isinstance(schema, str):
+        # Bounded before parsing: json.loads recurses in C, once per level.
+        if json_bodies.deeper_than(schema.encode("utf-8", "surrogatepass"), MAX_SCHEMA_DEPTH):
+            raise ValidationError(f"grammar is not valid: nested deeper than {MAX_SCHEMA_DEPTH} levels")
         try:
             schema = json.loads(schema)
         except json.JSONDecodeError as exc:
             raise ValidationError(f"grammar is not valid: {exc}") from None
-        except RecursionError:
-            raise ValidationError(
-                f"grammar is not valid: nested deeper than {MAX_SCHEMA_DEPTH} levels"
-            ) from None
     if not isinstance(schema, dict):
         raise ValidationError("grammar is not supported")
     if nesting_depth(schema) > MAX_SCHEMA_DEPTH:
