@@ -146,8 +146,6 @@ class Engine:
             lambda: Network(model.network, model.shape, threads=threads, exact=exact)
         )
         self.max_batch_size = max_batch_size
-        self.threads = threads
-        self.exact = exact
         self.vocab_size = model.shape.vocab_size
         self._special = model.tokenizer.special_ids | model.eos_token_ids
         self._cond = threading.Condition()
@@ -284,10 +282,15 @@ class Engine:
         wake-up per step instead of one per row: each wake-up is a write to the loop's self-pipe,
         and the loop thread then takes the GIL back and forth with the rows still being sampled."""
         items, self._outbox = self._outbox, []
+        if items:
+            self._call_on_loop(_put_all, items)
+
+    def _call_on_loop(self, callback: Callable[..., None], *args: Any) -> None:
+        """Run `callback(*args)` on the event loop, unless it has closed (the engine outlived it)."""
         loop = self._loop
-        if items and loop is not None and not loop.is_closed():
+        if loop is not None and not loop.is_closed():
             try:
-                loop.call_soon_threadsafe(_put_all, items)
+                loop.call_soon_threadsafe(callback, *args)
             except RuntimeError:  # the loop closed between the check and the call
                 pass
 
@@ -315,12 +318,8 @@ class Engine:
             self._announce_settled()
 
     def _announce_settled(self) -> None:
-        loop, settled = self._loop, self._settled
-        if loop is not None and settled is not None and not loop.is_closed():
-            try:
-                loop.call_soon_threadsafe(settled.set)
-            except RuntimeError:  # the loop closed between the check and the call
-                pass
+        if self._settled is not None:
+            self._call_on_loop(self._settled.set)
 
     def _warm_up(self, net: Network, batch: DecodeBatch, prefix: prefill_mod.Prefix | None) -> None:
         """One prefill and one decode step before the first request, so that OpenVINO has read the
